@@ -1,0 +1,796 @@
+//! The typed configuration: `conf.yaml` parsed, validated and frozen.
+//!
+//! This module owns every configuration key lbd understands, its default and
+//! its documentation (README's config reference mirrors the doc comments
+//! here). Pingora's server keys keep Pingora's names and meanings so a Pingora
+//! user's `conf.yaml` loads; Pingora keys lbd does not implement are accepted
+//! with a warning; any other unknown key is an error naming the key.
+//! Validation happens once, at start (and under `-t`): every error names the
+//! key and the offending value. After start the config is immutable and shared
+//! read-only (`Arc<Config>`) by every thread.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// A configuration error: which key, which value, what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given with `-c`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not parse, or a key is unknown or has the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The path given with `-c`.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("config key `{key}`: invalid value `{value}`: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `upstreams.web.backends[1].weight`.
+        key: String,
+        /// The value as written (or as understood).
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+fn invalid(
+    key: impl Into<String>,
+    value: impl fmt::Display,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `conf.yaml` as written. Field docs are the reference for each key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Config format version; Pingora's constant `1`. Optional.
+    #[serde(default)]
+    version: Option<u32>,
+    /// Worker threads, one per core. Default: the number of CPUs. `--threads` overrides.
+    #[serde(default)]
+    threads: Option<usize>,
+    /// Where the daemon writes its pid (issue: lifecycle). Default: none.
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+    /// Log file; default stderr. `RUST_LOG` filters (default `info`).
+    #[serde(default)]
+    error_log: Option<PathBuf>,
+    /// Unix socket for the listening-socket hand-over on upgrade.
+    #[serde(default)]
+    upgrade_sock: Option<PathBuf>,
+    /// Run in the background (also `-d`).
+    #[serde(default)]
+    daemon: Option<bool>,
+    /// Seconds in-flight requests get to finish after SIGTERM (Pingora: 300).
+    #[serde(default)]
+    grace_period_seconds: Option<u64>,
+    /// Extra seconds after the grace period before a hard exit (Pingora: 5).
+    #[serde(default)]
+    graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Idle upstream keep-alive connections kept per backend per worker (Pingora: 128).
+    #[serde(default)]
+    upstream_keepalive_pool_size: Option<usize>,
+    /// Upper bound on connection attempts per request across backends (Pingora: 16).
+    #[serde(default)]
+    max_retries: Option<usize>,
+
+    /// The addresses lbd listens on.
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    /// Named groups of backends.
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+    /// Limits and timeouts (all finite by default).
+    #[serde(default)]
+    limits: RawLimits,
+
+    // Pingora keys lbd accepts but does not implement: loaded, warned about.
+    #[serde(default)]
+    user: Option<IgnoredAny>,
+    #[serde(default)]
+    group: Option<IgnoredAny>,
+    #[serde(default)]
+    working_directory: Option<IgnoredAny>,
+    #[serde(default)]
+    listener_tasks_per_fd: Option<IgnoredAny>,
+    #[serde(default)]
+    work_stealing: Option<IgnoredAny>,
+    #[serde(default)]
+    ca_file: Option<IgnoredAny>,
+    #[serde(default)]
+    client_bind_to_ipv4: Option<IgnoredAny>,
+    #[serde(default)]
+    client_bind_to_ipv6: Option<IgnoredAny>,
+    #[serde(default)]
+    upstream_connect_offload_threadpools: Option<IgnoredAny>,
+    #[serde(default)]
+    upstream_connect_offload_thread_per_pool: Option<IgnoredAny>,
+    #[serde(default)]
+    upstream_debug_ssl_keylog: Option<IgnoredAny>,
+    #[serde(default)]
+    upgrade_sock_connect_accept_max_retries: Option<IgnoredAny>,
+    #[serde(default)]
+    max_blocking_threads: Option<IgnoredAny>,
+    #[serde(default)]
+    blocking_threads_ttl_seconds: Option<IgnoredAny>,
+    #[serde(default)]
+    daemon_wait_for_ready: Option<IgnoredAny>,
+    #[serde(default)]
+    daemon_ready_timeout_seconds: Option<IgnoredAny>,
+    #[serde(default)]
+    daemon_notify_timeout_seconds: Option<IgnoredAny>,
+    #[serde(default)]
+    s2n_config_cache_size: Option<IgnoredAny>,
+}
+
+/// One `listeners:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    /// `IP:port` to listen on.
+    address: String,
+    /// Upstream group this listener balances to; optional when there is one group.
+    #[serde(default)]
+    upstream: Option<String>,
+    /// listen(2) backlog per socket (capped by `net.core.somaxconn`). Default 4096.
+    #[serde(default)]
+    backlog: Option<i32>,
+}
+
+/// One `upstreams:` group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    /// `IP:port` strings or `{ address, weight }` maps.
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+/// A backend: `"IP:port"` or `{ address: "IP:port", weight: N }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBackend {
+    Plain(String),
+    Weighted(RawWeightedBackend),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeightedBackend {
+    address: String,
+    #[serde(default)]
+    weight: Option<i64>,
+}
+
+/// `limits:`: every limit and timeout, each finite by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// Whole-head read deadline; trickled bytes do not extend it. Default 10000.
+    #[serde(default)]
+    header_timeout_ms: Option<u64>,
+    /// Idle keep-alive client connection lifetime between requests. Default 60000.
+    #[serde(default)]
+    keepalive_timeout_ms: Option<u64>,
+    /// Requests served on one client connection before it is closed. Default 1000.
+    #[serde(default)]
+    keepalive_requests: Option<u64>,
+    /// Longest pause while reading a request body from the client. Default 30000.
+    #[serde(default)]
+    body_timeout_ms: Option<u64>,
+    /// Largest request head (request line + headers) in bytes, then 431. Default 32768.
+    #[serde(default)]
+    max_head_bytes: Option<usize>,
+    /// Most header lines in a request, then 431. Default 100.
+    #[serde(default)]
+    max_headers: Option<usize>,
+    /// Upstream TCP connect timeout. Default 5000.
+    #[serde(default)]
+    upstream_connect_timeout_ms: Option<u64>,
+    /// Wait for the upstream's response head after the request was sent. Default 60000.
+    #[serde(default)]
+    upstream_response_timeout_ms: Option<u64>,
+    /// Longest pause while streaming a body between lbd and an upstream. Default 60000.
+    #[serde(default)]
+    upstream_body_timeout_ms: Option<u64>,
+    /// How long an idle pooled upstream connection is kept. Default 60000.
+    #[serde(default)]
+    upstream_idle_timeout_ms: Option<u64>,
+    /// Longest a write to a client may stall (client not reading). Default 60000.
+    #[serde(default)]
+    client_write_timeout_ms: Option<u64>,
+    /// Client connections per worker; past it new connections are closed at once. Default 16384.
+    #[serde(default)]
+    max_connections_per_worker: Option<usize>,
+}
+
+/// Validated configuration, shared read-only by all threads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was loaded from (for messages).
+    pub path: PathBuf,
+    /// Worker thread count (config `threads`, CLI `--threads`, else CPUs).
+    pub threads: usize,
+    /// `pid_file`.
+    pub pid_file: Option<PathBuf>,
+    /// `error_log`.
+    pub error_log: Option<PathBuf>,
+    /// `upgrade_sock`.
+    pub upgrade_sock: PathBuf,
+    /// `daemon`.
+    pub daemon: bool,
+    /// `grace_period_seconds`.
+    pub grace_period: Duration,
+    /// `graceful_shutdown_timeout_seconds`.
+    pub graceful_shutdown_timeout: Duration,
+    /// `upstream_keepalive_pool_size`: idle connections per backend per worker.
+    pub upstream_keepalive_pool_size: usize,
+    /// `max_retries`: connection attempts per request, at most.
+    pub max_retries: usize,
+    /// Listening addresses.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream groups, indexed by [`ListenerConfig::upstream`].
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Warnings produced while loading (logged once logging is up).
+    pub warnings: Vec<String>,
+}
+
+/// A validated listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Socket address to bind.
+    pub address: SocketAddr,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// listen(2) backlog.
+    pub backlog: i32,
+}
+
+/// A validated upstream group.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The group's name (the key under `upstreams:`).
+    pub name: String,
+    /// Its backends, in config order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A validated backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Resolved socket address.
+    pub address: SocketAddr,
+    /// As written in the config (used in logs and metrics labels).
+    pub name: String,
+    /// Smooth weighted round-robin weight, ≥ 1.
+    pub weight: u32,
+}
+
+/// Validated limits; see [`RawLimits`] for each key's meaning and default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `limits.header_timeout_ms`.
+    pub header_timeout: Duration,
+    /// `limits.keepalive_timeout_ms`.
+    pub keepalive_timeout: Duration,
+    /// `limits.keepalive_requests`.
+    pub keepalive_requests: u64,
+    /// `limits.body_timeout_ms`.
+    pub body_timeout: Duration,
+    /// `limits.max_head_bytes`.
+    pub max_head_bytes: usize,
+    /// `limits.max_headers`.
+    pub max_headers: usize,
+    /// `limits.upstream_connect_timeout_ms`.
+    pub upstream_connect_timeout: Duration,
+    /// `limits.upstream_response_timeout_ms`.
+    pub upstream_response_timeout: Duration,
+    /// `limits.upstream_body_timeout_ms`.
+    pub upstream_body_timeout: Duration,
+    /// `limits.upstream_idle_timeout_ms`.
+    pub upstream_idle_timeout: Duration,
+    /// `limits.client_write_timeout_ms`.
+    pub client_write_timeout: Duration,
+    /// `limits.max_connections_per_worker`.
+    pub max_connections_per_worker: usize,
+}
+
+/// Hard ceiling on `limits.max_headers`: the parser's header array lives on
+/// the stack.
+pub const MAX_HEADERS_CEILING: usize = 512;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            body_timeout: Duration::from_secs(30),
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            upstream_body_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(60),
+            max_connections_per_worker: 16384,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`. `threads_override` is `--threads`.
+    pub fn load(path: &Path, threads_override: Option<usize>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text, path, threads_override)
+    }
+
+    /// Parses and validates YAML text (`path` is only used in messages).
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        threads_override: Option<usize>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate(raw, path, threads_override)
+    }
+}
+
+fn ms(key: &str, v: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(invalid(format!("limits.{key}"), 0, "must be at least 1 ms")),
+        Some(n) => Ok(Duration::from_millis(n)),
+    }
+}
+
+fn parse_address(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // `host:port`: resolved once here, on the main thread before any worker
+    // exists, so no worker ever does blocking DNS.
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(invalid(key, s, "expected IP:port or host:port"));
+    };
+    if host.is_empty() {
+        return Err(invalid(key, s, "missing host before the port"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(invalid(key, s, "port must be a number from 0 to 65535"));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| invalid(key, s, "host name resolved to no address")),
+        Err(e) => Err(invalid(key, s, format!("cannot resolve: {e}"))),
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    path: &Path,
+    threads_override: Option<usize>,
+) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    if let Some(v) = raw.version {
+        if v != 1 {
+            return Err(invalid("version", v, "only version 1 exists"));
+        }
+    }
+    let pingora_only = [
+        ("user", raw.user.is_some()),
+        ("group", raw.group.is_some()),
+        ("working_directory", raw.working_directory.is_some()),
+        ("listener_tasks_per_fd", raw.listener_tasks_per_fd.is_some()),
+        ("work_stealing", raw.work_stealing.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("client_bind_to_ipv4", raw.client_bind_to_ipv4.is_some()),
+        ("client_bind_to_ipv6", raw.client_bind_to_ipv6.is_some()),
+        (
+            "upstream_connect_offload_threadpools",
+            raw.upstream_connect_offload_threadpools.is_some(),
+        ),
+        (
+            "upstream_connect_offload_thread_per_pool",
+            raw.upstream_connect_offload_thread_per_pool.is_some(),
+        ),
+        (
+            "upstream_debug_ssl_keylog",
+            raw.upstream_debug_ssl_keylog.is_some(),
+        ),
+        (
+            "upgrade_sock_connect_accept_max_retries",
+            raw.upgrade_sock_connect_accept_max_retries.is_some(),
+        ),
+        ("max_blocking_threads", raw.max_blocking_threads.is_some()),
+        (
+            "blocking_threads_ttl_seconds",
+            raw.blocking_threads_ttl_seconds.is_some(),
+        ),
+        ("daemon_wait_for_ready", raw.daemon_wait_for_ready.is_some()),
+        (
+            "daemon_ready_timeout_seconds",
+            raw.daemon_ready_timeout_seconds.is_some(),
+        ),
+        (
+            "daemon_notify_timeout_seconds",
+            raw.daemon_notify_timeout_seconds.is_some(),
+        ),
+        ("s2n_config_cache_size", raw.s2n_config_cache_size.is_some()),
+    ];
+    for (key, present) in pingora_only {
+        if present {
+            warnings.push(format!(
+                "config key `{key}` is a Pingora key lbd does not implement; ignored"
+            ));
+        }
+    }
+
+    let threads = match threads_override.or(raw.threads) {
+        Some(0) => {
+            let key = if threads_override.is_some() {
+                "--threads"
+            } else {
+                "threads"
+            };
+            return Err(invalid(key, 0, "must be at least 1"));
+        }
+        Some(n) if n > 1024 => {
+            let key = if threads_override.is_some() {
+                "--threads"
+            } else {
+                "threads"
+            };
+            return Err(invalid(key, n, "at most 1024 worker threads"));
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+
+    if raw.upstreams.is_empty() {
+        return Err(invalid(
+            "upstreams",
+            "{}",
+            "at least one upstream group is required",
+        ));
+    }
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, up) in &raw.upstreams {
+        if up.backends.is_empty() {
+            return Err(invalid(
+                format!("upstreams.{name}.backends"),
+                "[]",
+                "at least one backend is required",
+            ));
+        }
+        let mut backends = Vec::with_capacity(up.backends.len());
+        for (i, b) in up.backends.iter().enumerate() {
+            let (addr, weight) = match b {
+                RawBackend::Plain(a) => (a.as_str(), 1i64),
+                RawBackend::Weighted(w) => (w.address.as_str(), w.weight.unwrap_or(1)),
+            };
+            let key = format!("upstreams.{name}.backends[{i}]");
+            let address = parse_address(&format!("{key}.address"), addr)?;
+            if address.port() == 0 {
+                return Err(invalid(
+                    format!("{key}.address"),
+                    addr,
+                    "port 0 is not a backend",
+                ));
+            }
+            if !(1..=10_000).contains(&weight) {
+                return Err(invalid(
+                    format!("{key}.weight"),
+                    weight,
+                    "weight must be an integer from 1 to 10000",
+                ));
+            }
+            backends.push(BackendConfig {
+                address,
+                name: addr.to_string(),
+                weight: weight as u32,
+            });
+        }
+        upstreams.push(UpstreamConfig {
+            name: name.clone(),
+            backends,
+        });
+    }
+
+    if raw.listeners.is_empty() {
+        return Err(invalid(
+            "listeners",
+            "[]",
+            "at least one listener is required",
+        ));
+    }
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}].address");
+        let address: SocketAddr = l
+            .address
+            .parse()
+            .map_err(|_| invalid(&key, &l.address, "expected IP:port, e.g. 0.0.0.0:6188"))?;
+        if listeners.iter().any(|o| o.address == address) {
+            return Err(invalid(&key, &l.address, "address listed twice"));
+        }
+        let upstream = match &l.upstream {
+            Some(name) => raw
+                .upstreams
+                .keys()
+                .position(|k| k == name)
+                .ok_or_else(|| {
+                    invalid(
+                        format!("listeners[{i}].upstream"),
+                        name,
+                        "no upstream group with this name under `upstreams`",
+                    )
+                })?,
+            None if raw.upstreams.len() == 1 => 0,
+            None => {
+                return Err(invalid(
+                    format!("listeners[{i}].upstream"),
+                    "(missing)",
+                    "required when there is more than one upstream group",
+                ))
+            }
+        };
+        let backlog = l.backlog.unwrap_or(4096);
+        if backlog < 1 {
+            return Err(invalid(
+                format!("listeners[{i}].backlog"),
+                backlog,
+                "must be at least 1",
+            ));
+        }
+        listeners.push(ListenerConfig {
+            address,
+            upstream,
+            backlog,
+        });
+    }
+
+    let d = Limits::default();
+    let r = &raw.limits;
+    let max_headers = r.max_headers.unwrap_or(d.max_headers);
+    if !(1..=MAX_HEADERS_CEILING).contains(&max_headers) {
+        return Err(invalid(
+            "limits.max_headers",
+            max_headers,
+            format!("must be from 1 to {MAX_HEADERS_CEILING}"),
+        ));
+    }
+    let max_head_bytes = r.max_head_bytes.unwrap_or(d.max_head_bytes);
+    if !(1024..=1024 * 1024).contains(&max_head_bytes) {
+        return Err(invalid(
+            "limits.max_head_bytes",
+            max_head_bytes,
+            "must be from 1024 to 1048576",
+        ));
+    }
+    let keepalive_requests = r.keepalive_requests.unwrap_or(d.keepalive_requests);
+    if keepalive_requests == 0 {
+        return Err(invalid(
+            "limits.keepalive_requests",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let max_conns = r
+        .max_connections_per_worker
+        .unwrap_or(d.max_connections_per_worker);
+    if max_conns == 0 {
+        return Err(invalid(
+            "limits.max_connections_per_worker",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let limits = Limits {
+        header_timeout: ms("header_timeout_ms", r.header_timeout_ms, d.header_timeout)?,
+        keepalive_timeout: ms(
+            "keepalive_timeout_ms",
+            r.keepalive_timeout_ms,
+            d.keepalive_timeout,
+        )?,
+        keepalive_requests,
+        body_timeout: ms("body_timeout_ms", r.body_timeout_ms, d.body_timeout)?,
+        max_head_bytes,
+        max_headers,
+        upstream_connect_timeout: ms(
+            "upstream_connect_timeout_ms",
+            r.upstream_connect_timeout_ms,
+            d.upstream_connect_timeout,
+        )?,
+        upstream_response_timeout: ms(
+            "upstream_response_timeout_ms",
+            r.upstream_response_timeout_ms,
+            d.upstream_response_timeout,
+        )?,
+        upstream_body_timeout: ms(
+            "upstream_body_timeout_ms",
+            r.upstream_body_timeout_ms,
+            d.upstream_body_timeout,
+        )?,
+        upstream_idle_timeout: ms(
+            "upstream_idle_timeout_ms",
+            r.upstream_idle_timeout_ms,
+            d.upstream_idle_timeout,
+        )?,
+        client_write_timeout: ms(
+            "client_write_timeout_ms",
+            r.client_write_timeout_ms,
+            d.client_write_timeout,
+        )?,
+        max_connections_per_worker: max_conns,
+    };
+
+    let max_retries = raw.max_retries.unwrap_or(16);
+    if max_retries == 0 {
+        return Err(invalid(
+            "max_retries",
+            0,
+            "must be at least 1 (one attempt)",
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        threads,
+        pid_file: raw.pid_file,
+        error_log: raw.error_log,
+        upgrade_sock: raw
+            .upgrade_sock
+            .unwrap_or_else(|| PathBuf::from("/tmp/lbd_upgrade.sock")),
+        daemon: raw.daemon.unwrap_or(false),
+        grace_period: Duration::from_secs(raw.grace_period_seconds.unwrap_or(300)),
+        graceful_shutdown_timeout: Duration::from_secs(
+            raw.graceful_shutdown_timeout_seconds.unwrap_or(5),
+        ),
+        upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
+        max_retries,
+        listeners,
+        upstreams,
+        limits,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(s: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(s, Path::new("test.yaml"), None)
+    }
+
+    const GOOD: &str = "
+version: 1
+threads: 2
+listeners:
+  - address: 127.0.0.1:6188
+    upstream: web
+upstreams:
+  web:
+    backends:
+      - 127.0.0.1:8081
+      - { address: 127.0.0.1:8082, weight: 2 }
+";
+
+    #[test]
+    fn good_config_loads() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.listeners[0].address.port(), 6188);
+        let b = &c.upstreams[0].backends;
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[0].weight, b[1].weight), (1, 2));
+        assert_eq!(c.upstream_keepalive_pool_size, 128);
+    }
+
+    #[test]
+    fn threads_override_wins() {
+        let c = Config::from_yaml(GOOD, Path::new("t"), Some(3)).expect("valid");
+        assert_eq!(c.threads, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load(&GOOD.replace("listeners:", "listners:"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listners"), "{e}");
+    }
+
+    #[test]
+    fn weight_zero_is_named() {
+        let e = load(&GOOD.replace("weight: 2", "weight: 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.web.backends[1].weight") && e.contains('0'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = load(&GOOD.replace("127.0.0.1:8081", "127.0.0.1:99999"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("127.0.0.1:99999") && e.contains("backends[0]"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("127.0.0.1:6188", "nonsense"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listeners[0].address") && e.contains("nonsense"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_backends_rejected() {
+        let y = "listeners: [{address: '127.0.0.1:1'}]\nupstreams:\n  web:\n    backends: []\n";
+        let e = load(y).unwrap_err().to_string();
+        assert!(e.contains("upstreams.web.backends"), "{e}");
+    }
+
+    #[test]
+    fn pingora_keys_warn_not_fail() {
+        let c = load(&format!("{GOOD}\nwork_stealing: false\nuser: nobody\n")).expect("loads");
+        assert_eq!(c.warnings.len(), 2);
+    }
+
+    #[test]
+    fn listener_upstream_must_exist() {
+        let e = load(&GOOD.replace("upstream: web", "upstream: nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listeners[0].upstream") && e.contains("nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_timeout_rejected() {
+        let e = load(&format!("{GOOD}limits:\n  header_timeout_ms: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.header_timeout_ms"), "{e}");
+    }
+}

@@ -1,0 +1,746 @@
+//! One client connection: its request loop, from bytes on the socket to a
+//! response written back.
+//!
+//! A session waits for the client to become readable *before* taking a buffer
+//! (an idle keep-alive connection holds none), reads and parses the request
+//! head with the sans-I/O codec, picks a backend with the worker's cursor,
+//! reuses a pooled upstream connection or connects, writes the rewritten head
+//! together with the first body bytes in one write, streams the rest of the
+//! body per its framing, then reads the response head, writes it with the
+//! first body bytes in one write and streams the rest. Every read and write
+//! has a deadline. The upstream connection goes back to the worker's pool only
+//! when the response ended exactly where its framing said. Errors map to one
+//! status via [`ProxyError::status`]; once response bytes reached the client,
+//! an error can only close the connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::{timeout, timeout_at, Instant};
+
+use crate::buffer;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::request::{parse_request, Forwarding, HeadLimits, Parsed, RequestHead};
+use crate::http::response::{
+    parse_response, RequestContext, ResponseHead, MAX_RESPONSE_HEAD_BYTES,
+};
+use crate::http::{self, Framing};
+use crate::worker::WorkerCtx;
+
+/// Bytes read from a socket, with a consumed prefix.
+struct InBuf {
+    v: Vec<u8>,
+    pos: usize,
+}
+
+impl InBuf {
+    fn new() -> Self {
+        InBuf {
+            v: buffer::take(),
+            pos: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.v[self.pos..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos >= self.v.len()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.v.len() {
+            self.v.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Makes room for at least one more byte, growing up to `limit` bytes.
+    /// Returns false if the buffer is full at `limit`.
+    fn make_room(&mut self, limit: usize) -> bool {
+        if self.pos > 0 {
+            self.v.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.v.len() < self.v.capacity() {
+            return true;
+        }
+        if self.v.len() >= limit {
+            return false;
+        }
+        let want = (self.v.capacity() * 2).clamp(buffer::BUF_SIZE, limit) - self.v.len();
+        self.v.reserve_exact(want);
+        true
+    }
+
+    fn release(self) {
+        buffer::give(self.v);
+    }
+}
+
+/// Reads more bytes into `b` before `deadline`. `Ok(0)` is EOF.
+async fn fill(
+    stream: &mut TcpStream,
+    b: &mut InBuf,
+    limit: usize,
+    deadline: Instant,
+) -> io::Result<usize> {
+    if !b.make_room(limit) {
+        return Err(io::Error::other("buffer full"));
+    }
+    let v = std::mem::take(&mut b.v);
+    let len = v.len();
+    let cap = v.capacity();
+    match timeout_at(deadline, stream.read(v.slice_mut(len..cap))).await {
+        Ok((res, slice)) => {
+            b.v = slice.into_inner();
+            res
+        }
+        // The buffer stays with the cancelled operation; the caller closes
+        // the connection after a timeout, so nothing is lost but the buffer.
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Writes `buf[range]` fully within `limit`; hands the buffer back.
+async fn write_range(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    if start >= end {
+        return (Ok(()), buf);
+    }
+    match timeout(limit, stream.write_all(buf.slice(start..end))).await {
+        Ok((res, slice)) => (res.map(|_| ()), slice.into_inner()),
+        Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+    }
+}
+
+/// Where a message body stands.
+enum Body {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::None | Framing::Length(0) => Body::Done,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(ChunkedDecoder::new()),
+            Framing::UntilClose => Body::UntilClose,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Body::Done)
+    }
+
+    /// Frames the bytes at the start of `buf`. Returns (bytes to forward, now
+    /// at `buf[..out]`; bytes consumed). With `dechunk`, chunk data is moved
+    /// to the front and framing dropped; otherwise the consumed bytes are
+    /// forwarded verbatim.
+    fn frame(&mut self, buf: &mut [u8], dechunk: bool) -> Result<(usize, usize), ChunkError> {
+        match self {
+            Body::Done => Ok((0, 0)),
+            Body::UntilClose => Ok((buf.len(), buf.len())),
+            Body::Length(rem) => {
+                let n = (*rem).min(buf.len() as u64) as usize;
+                *rem -= n as u64;
+                if *rem == 0 {
+                    *self = Body::Done;
+                }
+                Ok((n, n))
+            }
+            Body::Chunked(dec) => {
+                let mut pos = 0;
+                let mut out = 0;
+                while pos < buf.len() && !dec.is_done() {
+                    let step = dec.step(&buf[pos..])?;
+                    if dechunk {
+                        if let Some(r) = step.data {
+                            buf.copy_within(pos + r.start..pos + r.end, out);
+                            out += r.len();
+                        }
+                    }
+                    pos += step.consumed;
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                if dec.is_done() {
+                    *self = Body::Done;
+                }
+                Ok((if dechunk { out } else { pos }, pos))
+            }
+        }
+    }
+}
+
+/// An upstream connection in use.
+struct Upstream {
+    stream: TcpStream,
+    backend: usize,
+    reused: bool,
+}
+
+/// Serves one client connection until it closes, errs or times out.
+pub async fn serve(ctx: Rc<WorkerCtx>, mut client: TcpStream, peer: SocketAddr, group: usize) {
+    let _ = client.set_nodelay(true);
+    let limits = &ctx.config.limits;
+    let mut cbuf: Option<InBuf> = None;
+    let mut served: u64 = 0;
+    loop {
+        // Idle: wait for bytes without holding a buffer.
+        if cbuf.as_ref().is_none_or(InBuf::is_empty) {
+            if let Some(b) = cbuf.take() {
+                b.release();
+            }
+            let wait = if served == 0 {
+                limits.header_timeout
+            } else {
+                limits.keepalive_timeout
+            };
+            match ctx.idle.within(wait, client.readable(false)).await {
+                Some(Ok(())) => {}
+                _ => return,
+            }
+            if ctx.shutting_down() {
+                // Drain: do not start new exchanges.
+                return;
+            }
+            cbuf = Some(InBuf::new());
+        }
+        let Some(mut cb) = cbuf.take() else { return };
+        // The exchange's state (about 3 KiB of futures) lives in its own
+        // allocation only while a request is in progress, so an idle
+        // keep-alive connection costs a few hundred bytes, not kilobytes.
+        let keep = match Box::pin(exchange(&ctx, &mut client, peer, group, &mut cb, served)).await {
+            Ok(keep) => keep,
+            Err(()) => {
+                cb.release();
+                return;
+            }
+        };
+        served += 1;
+        if !keep {
+            cb.release();
+            return;
+        }
+        cbuf = Some(cb);
+    }
+}
+
+/// What the request loop learned from the head phase.
+struct Request {
+    head: RequestHead,
+    close_client: bool,
+}
+
+/// One request/response exchange. `Ok(true)`: keep the connection.
+async fn exchange(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    group: usize,
+    cb: &mut InBuf,
+    served: u64,
+) -> Result<bool, ()> {
+    let limits = &ctx.config.limits;
+    let mut obuf = buffer::take();
+    let started = std::time::Instant::now();
+
+    // 1. The request head, under one deadline that trickled bytes do not move.
+    let deadline = Instant::now() + limits.header_timeout;
+    let first_backend = ctx.default_host(group);
+    let head = loop {
+        if !cb.is_empty() {
+            obuf.clear();
+            let fwd = Forwarding {
+                client_ip: peer.ip(),
+                default_host: &first_backend,
+            };
+            let hl = HeadLimits {
+                max_head_bytes: limits.max_head_bytes,
+                max_headers: limits.max_headers,
+            };
+            match parse_request(cb.data(), hl, fwd, &mut obuf) {
+                Ok(Parsed::Complete(h)) => break h,
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    log::debug!("{peer}: request rejected: {e}");
+                    let err = ProxyError::downstream(ErrorKind::BadRequest(e));
+                    respond_error(client, &err, obuf, limits.client_write_timeout).await;
+                    return Err(());
+                }
+            }
+        }
+        match fill(client, cb, limits.max_head_bytes, deadline).await {
+            Ok(0) => {
+                buffer::give(obuf);
+                return Err(()); // EOF: the client is done (or gave up mid-head).
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if !cb.is_empty() {
+                    let err = ProxyError::downstream(ErrorKind::ClientTimeout);
+                    respond_error(client, &err, Vec::new(), limits.client_write_timeout).await;
+                }
+                return Err(());
+            }
+            Err(_) => {
+                buffer::give(obuf);
+                return Err(());
+            }
+        }
+    };
+    cb.consume(head.head_len);
+    let req = Request {
+        head,
+        close_client: !head.keep_alive
+            || served + 1 >= limits.keepalive_requests
+            || ctx.shutting_down(),
+    };
+
+    match proxy(ctx, client, group, cb, obuf, &req).await {
+        Ok(close_client) => {
+            ctx.record(started.elapsed());
+            Ok(!close_client)
+        }
+        Err(Failure::Respond(err, buf)) => {
+            match err.side {
+                crate::error::Side::Downstream => log::debug!("{peer}: {err}"),
+                _ => log::warn!("{peer}: {err}"),
+            }
+            respond_error(client, &err, buf, limits.client_write_timeout).await;
+            Err(())
+        }
+        Err(Failure::Close(err)) => {
+            log::debug!("{peer}: closing: {err}");
+            Err(())
+        }
+    }
+}
+
+/// How an exchange failed.
+enum Failure {
+    /// Nothing was sent to the client yet: send this error's status.
+    Respond(ProxyError, Vec<u8>),
+    /// Response bytes already went out (or the client is gone): close.
+    Close(ProxyError),
+}
+
+async fn respond_error(
+    client: &mut TcpStream,
+    err: &ProxyError,
+    mut buf: Vec<u8>,
+    limit: Duration,
+) {
+    let Some(status) = err.status() else { return };
+    buf.clear();
+    http::write_simple_response(&mut buf, status, http::reason_phrase(status), true);
+    let len = buf.len();
+    let (_, buf) = write_range(client, buf, 0, len, limit).await;
+    buffer::give(buf);
+}
+
+/// Connects to the next backend of `group`, trying others when a connect
+/// fails (nothing was sent, so any method may move on).
+async fn acquire(ctx: &Rc<WorkerCtx>, group: usize) -> Result<Upstream, ProxyError> {
+    let limits = &ctx.config.limits;
+    let attempts = ctx.config.max_retries.min(ctx.group_len(group)).max(1);
+    let mut last = ProxyError::upstream(ErrorKind::NoUpstream);
+    for _ in 0..attempts {
+        let Some(backend) = ctx.select(group) else {
+            return Err(ProxyError::upstream(ErrorKind::NoUpstream));
+        };
+        if let Some(stream) = ctx.pool.borrow_mut().checkout(backend) {
+            return Ok(Upstream {
+                stream,
+                backend,
+                reused: true,
+            });
+        }
+        let addr = ctx.backend_addr(backend);
+        log::debug!("upstream peer is {addr}");
+        match timeout(
+            limits.upstream_connect_timeout,
+            TcpStream::connect_addr(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Upstream {
+                    stream,
+                    backend,
+                    reused: false,
+                });
+            }
+            Ok(Err(e)) => {
+                log::warn!("connect to upstream {addr} failed: {e}");
+                last = ProxyError::upstream(ErrorKind::ConnectFailed(e));
+            }
+            Err(_) => {
+                log::warn!("connect to upstream {addr} timed out");
+                last = ProxyError::upstream(ErrorKind::ConnectTimeout);
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Forwards one request and its response. `Ok(true)`: the response told the
+/// client the connection closes (or its body ran until close).
+async fn proxy(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut TcpStream,
+    group: usize,
+    cb: &mut InBuf,
+    obuf: Vec<u8>,
+    req: &Request,
+) -> Result<bool, Failure> {
+    let limits = &ctx.config.limits;
+    let mut obuf = obuf;
+    let mut up = match acquire(ctx, group).await {
+        Ok(u) => u,
+        Err(e) => return Err(Failure::Respond(e, obuf)),
+    };
+
+    if req.head.expect_continue && cb.is_empty() {
+        let mut cont = buffer::take();
+        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let len = cont.len();
+        let (res, cont) = write_range(client, cont, 0, len, limits.client_write_timeout).await;
+        buffer::give(cont);
+        if let Err(e) = res {
+            return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+                e,
+            ))));
+        }
+    }
+
+    // 2. Head plus whatever body bytes are already buffered, in one write.
+    let mut body = Body::new(req.head.framing);
+    {
+        let start = cb.pos;
+        let (out, used) = body.frame(&mut cb.v[start..], false).map_err(|e| {
+            Failure::Respond(
+                ProxyError::downstream(ErrorKind::BadRequestBody(e)),
+                Vec::new(),
+            )
+        })?;
+        obuf.extend_from_slice(&cb.v[start..start + out]);
+        cb.consume(used);
+    }
+    // A request whose body is entirely in `obuf` can be re-sent on a fresh
+    // connection if a reused one turns out dead (idempotent methods only).
+    let resendable = req.head.idempotent && body.is_done();
+
+    let obuf_len = obuf.len();
+    let (res, ob) = write_range(
+        &mut up.stream,
+        obuf,
+        0,
+        obuf_len,
+        limits.upstream_body_timeout,
+    )
+    .await;
+    obuf = ob;
+    if let Err(e) = res {
+        if up.reused && resendable {
+            up = fresh_retry(ctx, up, &mut obuf, obuf_len).await?;
+        } else {
+            return Err(Failure::Respond(
+                ProxyError::upstream(ErrorKind::UpstreamIo(e)),
+                obuf,
+            ));
+        }
+    }
+
+    // 3. Stream the rest of the request body.
+    while !body.is_done() {
+        let deadline = Instant::now() + limits.body_timeout;
+        match fill(client, cb, buffer::BUF_SIZE, deadline).await {
+            Ok(0) => {
+                return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ))))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(Failure::Respond(
+                    ProxyError::downstream(ErrorKind::ClientTimeout),
+                    obuf,
+                ))
+            }
+            Err(e) => {
+                return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+                    e,
+                ))))
+            }
+        }
+        let start = cb.pos;
+        let (out, used) = body.frame(&mut cb.v[start..], false).map_err(|e| {
+            Failure::Respond(
+                ProxyError::downstream(ErrorKind::BadRequestBody(e)),
+                Vec::new(),
+            )
+        })?;
+        let v = std::mem::take(&mut cb.v);
+        let (res, v) = write_range(
+            &mut up.stream,
+            v,
+            start,
+            start + out,
+            limits.upstream_body_timeout,
+        )
+        .await;
+        cb.v = v;
+        if let Err(e) = res {
+            return Err(Failure::Respond(
+                ProxyError::upstream(ErrorKind::UpstreamIo(e)),
+                obuf,
+            ));
+        }
+        cb.consume(used);
+    }
+
+    // 4. The response head (1xx interim heads relayed). `obuf` keeps the
+    // request bytes until a response arrives, for the one safe resend.
+    let mut ub = InBuf::new();
+    let mut hbuf = buffer::take();
+    let rctx = RequestContext {
+        is_head: req.head.is_head,
+        http10: req.head.http10,
+        close_client: req.close_client,
+    };
+    let mut got_bytes = false;
+    let resp: ResponseHead = loop {
+        let deadline = Instant::now() + limits.upstream_response_timeout;
+        if !ub.is_empty() {
+            hbuf.clear();
+            match parse_response(ub.data(), rctx, &mut hbuf) {
+                Ok(Parsed::Complete(h)) if h.interim => {
+                    ub.consume(h.head_len);
+                    let len = hbuf.len();
+                    let (res, hb) =
+                        write_range(client, hbuf, 0, len, limits.client_write_timeout).await;
+                    hbuf = hb;
+                    if let Err(e) = res {
+                        ub.release();
+                        return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+                            e,
+                        ))));
+                    }
+                    continue;
+                }
+                Ok(Parsed::Complete(h)) => break h,
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    ub.release();
+                    buffer::give(hbuf);
+                    return Err(Failure::Respond(
+                        ProxyError::upstream(ErrorKind::BadResponse(e)),
+                        obuf,
+                    ));
+                }
+            }
+        }
+        let res = fill(&mut up.stream, &mut ub, MAX_RESPONSE_HEAD_BYTES, deadline).await;
+        let dead = match &res {
+            Ok(0) => true,
+            Err(e) => e.kind() != io::ErrorKind::TimedOut,
+            Ok(_) => false,
+        };
+        if dead && !got_bytes && up.reused && resendable {
+            // A pooled connection the peer closed as we used it: nothing of a
+            // response arrived and the request is idempotent and entirely in
+            // `obuf`, so send it again on a new connection (once).
+            log::debug!("pooled upstream connection was closed; resending on a new one");
+            ub.v.clear();
+            ub.pos = 0;
+            up = fresh_retry(ctx, up, &mut obuf, obuf_len).await?;
+            continue;
+        }
+        match res {
+            Ok(0) => {
+                ub.release();
+                buffer::give(hbuf);
+                return Err(Failure::Respond(
+                    ProxyError::upstream(ErrorKind::UpstreamClosed),
+                    obuf,
+                ));
+            }
+            Ok(_) => got_bytes = true,
+            Err(e) => {
+                ub.release();
+                buffer::give(hbuf);
+                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                    ErrorKind::UpstreamTimeout
+                } else {
+                    ErrorKind::UpstreamIo(e)
+                };
+                return Err(Failure::Respond(ProxyError::upstream(kind), obuf));
+            }
+        }
+    };
+    buffer::give(obuf);
+    let mut obuf = hbuf;
+    ub.consume(resp.head_len);
+
+    // 5. Response head plus buffered body bytes, in one write.
+    let mut body = Body::new(resp.framing);
+    {
+        let start = ub.pos;
+        let end = ub.v.len();
+        let (out, used) = match body.frame(&mut ub.v[start..end], resp.dechunk) {
+            Ok(x) => x,
+            Err(e) => {
+                ub.release();
+                return Err(Failure::Respond(
+                    ProxyError::upstream(ErrorKind::BadResponseBody(e)),
+                    obuf,
+                ));
+            }
+        };
+        obuf.extend_from_slice(&ub.v[start..start + out]);
+        ub.consume(used);
+    }
+    let len = obuf.len();
+    let (res, ob) = write_range(client, obuf, 0, len, limits.client_write_timeout).await;
+    buffer::give(ob);
+    if let Err(e) = res {
+        ub.release();
+        return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+            e,
+        ))));
+    }
+
+    // 6. Stream the rest of the response body.
+    while !body.is_done() {
+        let deadline = Instant::now() + limits.upstream_body_timeout;
+        match fill(&mut up.stream, &mut ub, buffer::BUF_SIZE, deadline).await {
+            Ok(0) => {
+                if matches!(body, Body::UntilClose) {
+                    body = Body::Done;
+                    break;
+                }
+                ub.release();
+                return Err(Failure::Close(ProxyError::upstream(
+                    ErrorKind::UpstreamTruncated,
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ub.release();
+                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                    ErrorKind::UpstreamTimeout
+                } else {
+                    ErrorKind::UpstreamIo(e)
+                };
+                return Err(Failure::Close(ProxyError::upstream(kind)));
+            }
+        }
+        let start = ub.pos;
+        let end = ub.v.len();
+        let (out, used) = match body.frame(&mut ub.v[start..end], resp.dechunk) {
+            Ok(x) => x,
+            Err(e) => {
+                ub.release();
+                return Err(Failure::Close(ProxyError::upstream(
+                    ErrorKind::BadResponseBody(e),
+                )));
+            }
+        };
+        let v = std::mem::take(&mut ub.v);
+        let (res, v) =
+            write_range(client, v, start, start + out, limits.client_write_timeout).await;
+        ub.v = v;
+        if let Err(e) = res {
+            ub.release();
+            return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
+                e,
+            ))));
+        }
+        ub.consume(used);
+    }
+    debug_assert!(body.is_done());
+
+    // 7. Reuse the upstream connection only after an exact end.
+    let clean_end = ub.is_empty();
+    ub.release();
+    if resp.upstream_reusable && clean_end && !ctx.shutting_down() {
+        ctx.pool.borrow_mut().checkin(up.backend, up.stream);
+    }
+    Ok(resp.close_client)
+}
+
+/// Re-sends a fully buffered idempotent request on a fresh connection after a
+/// reused pooled connection failed on write.
+async fn fresh_retry(
+    ctx: &Rc<WorkerCtx>,
+    old: Upstream,
+    obuf: &mut Vec<u8>,
+    len: usize,
+) -> Result<Upstream, Failure> {
+    let limits = &ctx.config.limits;
+    let backend = old.backend;
+    drop(old);
+    let addr = ctx.backend_addr(backend);
+    let stream = match timeout(
+        limits.upstream_connect_timeout,
+        TcpStream::connect_addr(addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(Failure::Respond(
+                ProxyError::upstream(ErrorKind::ConnectFailed(e)),
+                std::mem::take(obuf),
+            ))
+        }
+        Err(_) => {
+            return Err(Failure::Respond(
+                ProxyError::upstream(ErrorKind::ConnectTimeout),
+                std::mem::take(obuf),
+            ))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut up = Upstream {
+        stream,
+        backend,
+        reused: false,
+    };
+    let buf = std::mem::take(obuf);
+    if buf.len() < len {
+        return Err(Failure::Respond(
+            ProxyError::upstream(ErrorKind::UpstreamClosed),
+            buf,
+        ));
+    }
+    let (res, buf) = write_range(&mut up.stream, buf, 0, len, limits.upstream_body_timeout).await;
+    *obuf = buf;
+    match res {
+        Ok(()) => Ok(up),
+        Err(e) => Err(Failure::Respond(
+            ProxyError::upstream(ErrorKind::UpstreamIo(e)),
+            std::mem::take(obuf),
+        )),
+    }
+}
