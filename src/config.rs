@@ -166,6 +166,39 @@ struct RawUpstream {
     /// `IP:port` strings or `{ address, weight }` maps.
     #[serde(default)]
     backends: Vec<RawBackend>,
+    /// Active health checks; none means every backend is always eligible.
+    #[serde(default)]
+    health_check: Option<RawHealthCheck>,
+}
+
+/// `upstreams.<name>.health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    /// `tcp` (connect) or `http` (GET `path`, check the status). Default tcp.
+    #[serde(default)]
+    kind: Option<String>,
+    /// Time between checks of a backend. Default 1000.
+    #[serde(default)]
+    interval_ms: Option<u64>,
+    /// Connect (and, for http, response) timeout. Default 1000.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// Consecutive successes to become healthy. Default 1.
+    #[serde(default)]
+    rise: Option<u32>,
+    /// Consecutive failures to become unhealthy. Default 1.
+    #[serde(default)]
+    fall: Option<u32>,
+    /// http: request path. Default `/`.
+    #[serde(default)]
+    path: Option<String>,
+    /// http: Host header. Default: the backend's address.
+    #[serde(default)]
+    host: Option<String>,
+    /// http: the status that passes. Default: any 2xx.
+    #[serde(default)]
+    expected_status: Option<u16>,
 }
 
 /// A backend: `"IP:port"` or `{ address: "IP:port", weight: N }`.
@@ -277,6 +310,39 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Its backends, in config order.
     pub backends: Vec<BackendConfig>,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers with the expected status.
+    Http {
+        /// Request path.
+        path: String,
+        /// Host header; `None` = the backend's address.
+        host: Option<String>,
+        /// Passing status; `None` = any 2xx.
+        expected_status: Option<u16>,
+    },
+}
+
+/// A validated `health_check` block.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// tcp or http.
+    pub kind: CheckKind,
+    /// `interval_ms`.
+    pub interval: Duration,
+    /// `timeout_ms`.
+    pub timeout: Duration,
+    /// `rise`.
+    pub rise: u32,
+    /// `fall`.
+    pub fall: u32,
 }
 
 /// A validated backend.
@@ -395,6 +461,83 @@ fn parse_address(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
             .ok_or_else(|| invalid(key, s, "host name resolved to no address")),
         Err(e) => Err(invalid(key, s, format!("cannot resolve: {e}"))),
     }
+}
+
+fn validate_health(group: &str, h: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+    let key = |k: &str| format!("upstreams.{group}.health_check.{k}");
+    let positive_ms = |k: &str, v: Option<u64>, d: u64| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(Duration::from_millis(d)),
+            Some(n) if (1..=3_600_000).contains(&n) => Ok(Duration::from_millis(n)),
+            Some(n) => Err(invalid(key(k), n, "must be from 1 to 3600000 ms")),
+        }
+    };
+    let interval = positive_ms("interval_ms", h.interval_ms, 1000)?;
+    let timeout = positive_ms("timeout_ms", h.timeout_ms, 1000)?;
+    let threshold = |k: &str, v: Option<u32>| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(1),
+            Some(n) if (1..=100).contains(&n) => Ok(n),
+            Some(n) => Err(invalid(key(k), n, "must be from 1 to 100")),
+        }
+    };
+    let rise = threshold("rise", h.rise)?;
+    let fall = threshold("fall", h.fall)?;
+    let kind = match h.kind.as_deref().unwrap_or("tcp") {
+        "tcp" => {
+            for (k, set) in [
+                ("path", h.path.is_some()),
+                ("host", h.host.is_some()),
+                ("expected_status", h.expected_status.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key(k),
+                        "(set)",
+                        "only meaningful with `kind: http`",
+                    ));
+                }
+            }
+            CheckKind::Tcp
+        }
+        "http" => {
+            let path = h.path.clone().unwrap_or_else(|| "/".to_string());
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(invalid(
+                    key("path"),
+                    &path,
+                    "must start with / and contain no spaces or controls",
+                ));
+            }
+            if let Some(host) = &h.host {
+                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(invalid(key("host"), host, "must be a non-empty host name"));
+                }
+            }
+            if let Some(s) = h.expected_status {
+                if !(100..=599).contains(&s) {
+                    return Err(invalid(
+                        key("expected_status"),
+                        s,
+                        "must be an HTTP status 100-599",
+                    ));
+                }
+            }
+            CheckKind::Http {
+                path,
+                host: h.host.clone(),
+                expected_status: h.expected_status,
+            }
+        }
+        other => return Err(invalid(key("kind"), other, "must be `tcp` or `http`")),
+    };
+    Ok(HealthCheckConfig {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
 }
 
 fn validate(
@@ -522,9 +665,14 @@ fn validate(
                 weight: weight as u32,
             });
         }
+        let health_check = match &up.health_check {
+            None => None,
+            Some(h) => Some(validate_health(name, h)?),
+        };
         upstreams.push(UpstreamConfig {
             name: name.clone(),
             backends,
+            health_check,
         });
     }
 
@@ -784,6 +932,34 @@ upstreams:
             e.contains("listeners[0].upstream") && e.contains("nope"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn health_check_parses_and_validates() {
+        let y = GOOD.replace(
+            "      - { address: 127.0.0.1:8082, weight: 2 }\n",
+            "      - { address: 127.0.0.1:8082, weight: 2 }\n    health_check:\n      kind: http\n      path: /health\n      interval_ms: 500\n      rise: 2\n",
+        );
+        let c = load(&y).expect("valid");
+        let h = c.upstreams[0].health_check.as_ref().expect("health check");
+        assert_eq!(h.interval, Duration::from_millis(500));
+        assert_eq!((h.rise, h.fall), (2, 1));
+        assert!(matches!(&h.kind, CheckKind::Http { path, .. } if path == "/health"));
+        let e = load(&y.replace("kind: http", "kind: udp"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.web.health_check.kind") && e.contains("udp"),
+            "{e}"
+        );
+        let e = load(&y.replace("rise: 2", "rise: 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("health_check.rise"), "{e}");
+        let e = load(&y.replace("kind: http", "kind: tcp"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("health_check.path"), "{e}");
     }
 
     #[test]

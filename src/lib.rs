@@ -15,6 +15,7 @@
 //! * [`buffer`]: the per-worker I/O buffer free list.
 //! * [`idle`]: coarse per-worker deadlines for idle connections.
 //! * [`error`]: proxy errors: who failed, retry safety, status mapping.
+//! * [`health`]: the checker thread, the shared health bitmap, passive marks.
 //! * [`signals`]: the signal thread.
 //! * [`logging`]: log setup.
 
@@ -25,6 +26,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod idle;
 pub mod listener;
@@ -80,7 +82,13 @@ pub fn run(cli: cli::Cli) -> Result<(), StartError> {
         source: e.into(),
     })?;
     let socks = listener::bind_all(&config, config.threads)?;
-    let shared = Arc::new(worker::Shared::default());
+    let backends = config.upstreams.iter().map(|u| u.backends.len()).sum();
+    let shared = Arc::new(worker::Shared::new(backends));
+    // The first round of health checks completes before any worker accepts.
+    health::start(&config, shared.health.clone()).map_err(|source| StartError::Io {
+        what: "cannot start the health checker",
+        source,
+    })?;
     let workers =
         worker::spawn(config.clone(), shared.clone(), socks).map_err(|source| StartError::Io {
             what: "cannot start worker threads",

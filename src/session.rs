@@ -357,16 +357,24 @@ async fn respond_error(
     buffer::give(buf);
 }
 
-/// Connects to the next backend of `group`, trying others when a connect
-/// fails (nothing was sent, so any method may move on).
-async fn acquire(ctx: &Rc<WorkerCtx>, group: usize) -> Result<Upstream, ProxyError> {
+/// Connects to the next eligible backend of `group`, moving on to the next
+/// when a connect fails (nothing was sent, so any method may move on). A
+/// failed connect marks the backend down on this worker at once (passive
+/// health). `tries` counts attempts across the whole request, bounded by
+/// `max_retries`.
+async fn acquire(
+    ctx: &Rc<WorkerCtx>,
+    group: usize,
+    tries: &mut usize,
+) -> Result<Upstream, ProxyError> {
     let limits = &ctx.config.limits;
-    let attempts = ctx.config.max_retries.min(ctx.group_len(group)).max(1);
-    let mut last = ProxyError::upstream(ErrorKind::NoUpstream);
-    for _ in 0..attempts {
+    let max = ctx.config.max_retries;
+    let mut last: Option<ProxyError> = None;
+    while *tries < max {
         let Some(backend) = ctx.select(group) else {
-            return Err(ProxyError::upstream(ErrorKind::NoUpstream));
+            break;
         };
+        *tries += 1;
         if let Some(stream) = ctx.pool.borrow_mut().checkout(backend) {
             return Ok(Upstream {
                 stream,
@@ -392,15 +400,19 @@ async fn acquire(ctx: &Rc<WorkerCtx>, group: usize) -> Result<Upstream, ProxyErr
             }
             Ok(Err(e)) => {
                 log::warn!("connect to upstream {addr} failed: {e}");
-                last = ProxyError::upstream(ErrorKind::ConnectFailed(e));
+                ctx.mark_down(backend);
+                last = Some(ProxyError::upstream(ErrorKind::ConnectFailed(e)));
             }
             Err(_) => {
                 log::warn!("connect to upstream {addr} timed out");
-                last = ProxyError::upstream(ErrorKind::ConnectTimeout);
+                ctx.mark_down(backend);
+                last = Some(ProxyError::upstream(ErrorKind::ConnectTimeout));
             }
         }
     }
-    Err(last)
+    // No eligible backend at all (all down) is 503 at once; otherwise the
+    // last failure decides (502 refused, 504 timed out).
+    Err(last.unwrap_or_else(|| ProxyError::upstream(ErrorKind::NoUpstream)))
 }
 
 /// Forwards one request and its response. `Ok(true)`: the response told the
@@ -415,7 +427,8 @@ async fn proxy(
 ) -> Result<bool, Failure> {
     let limits = &ctx.config.limits;
     let mut obuf = obuf;
-    let mut up = match acquire(ctx, group).await {
+    let mut tries = 0usize;
+    let mut up = match acquire(ctx, group, &mut tries).await {
         Ok(u) => u,
         Err(e) => return Err(Failure::Respond(e, obuf)),
     };
@@ -461,8 +474,8 @@ async fn proxy(
     .await;
     obuf = ob;
     if let Err(e) = res {
-        if up.reused && resendable {
-            up = fresh_retry(ctx, up, &mut obuf, obuf_len).await?;
+        if resendable {
+            up = resend(ctx, group, up, &mut obuf, obuf_len, &mut tries).await?;
         } else {
             return Err(Failure::Respond(
                 ProxyError::upstream(ErrorKind::UpstreamIo(e)),
@@ -566,14 +579,12 @@ async fn proxy(
             Err(e) => e.kind() != io::ErrorKind::TimedOut,
             Ok(_) => false,
         };
-        if dead && !got_bytes && up.reused && resendable {
-            // A pooled connection the peer closed as we used it: nothing of a
-            // response arrived and the request is idempotent and entirely in
-            // `obuf`, so send it again on a new connection (once).
-            log::debug!("pooled upstream connection was closed; resending on a new one");
+        if dead && !got_bytes && resendable && tries < ctx.config.max_retries {
+            // The upstream closed or reset before any response byte, and the
+            // request is idempotent and entirely in `obuf`: send it again.
             ub.v.clear();
             ub.pos = 0;
-            up = fresh_retry(ctx, up, &mut obuf, obuf_len).await?;
+            up = resend(ctx, group, up, &mut obuf, obuf_len, &mut tries).await?;
             continue;
         }
         match res {
@@ -689,51 +700,75 @@ async fn proxy(
     Ok(resp.close_client)
 }
 
-/// Re-sends a fully buffered idempotent request on a fresh connection after a
-/// reused pooled connection failed on write.
-async fn fresh_retry(
+/// Re-sends a fully buffered idempotent request (`obuf[..len]`) after its
+/// upstream failed before any response byte. A reused pooled connection that
+/// died is most likely just stale: retry the same backend on a new
+/// connection. A fresh connection that died means the backend is in
+/// trouble: mark it down on this worker and move to the next backend.
+async fn resend(
     ctx: &Rc<WorkerCtx>,
+    group: usize,
     old: Upstream,
     obuf: &mut Vec<u8>,
     len: usize,
+    tries: &mut usize,
 ) -> Result<Upstream, Failure> {
     let limits = &ctx.config.limits;
     let backend = old.backend;
+    let reused = old.reused;
     drop(old);
-    let addr = ctx.backend_addr(backend);
-    let stream = match timeout(
-        limits.upstream_connect_timeout,
-        TcpStream::connect_addr(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(Failure::Respond(
-                ProxyError::upstream(ErrorKind::ConnectFailed(e)),
-                std::mem::take(obuf),
-            ))
+    let fresh = if reused {
+        let addr = ctx.backend_addr(backend);
+        log::debug!("pooled connection to {addr} was closed; resending on a new one");
+        *tries += 1;
+        match timeout(
+            limits.upstream_connect_timeout,
+            TcpStream::connect_addr(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Some(Upstream {
+                    stream,
+                    backend,
+                    reused: false,
+                })
+            }
+            Ok(Err(e)) => {
+                log::warn!("connect to upstream {addr} failed: {e}");
+                None
+            }
+            Err(_) => {
+                log::warn!("connect to upstream {addr} timed out");
+                None
+            }
         }
-        Err(_) => {
-            return Err(Failure::Respond(
-                ProxyError::upstream(ErrorKind::ConnectTimeout),
-                std::mem::take(obuf),
-            ))
-        }
+    } else {
+        None
     };
-    let _ = stream.set_nodelay(true);
-    let mut up = Upstream {
-        stream,
-        backend,
-        reused: false,
+    let mut up = if let Some(up) = fresh {
+        up
+    } else {
+        log::warn!(
+            "upstream {} failed before responding; retrying the idempotent request on the next backend",
+            ctx.backend_addr(backend)
+        );
+        ctx.mark_down(backend);
+        match acquire(ctx, group, tries).await {
+            Ok(u) => u,
+            Err(e) => {
+                // Nothing left to try: report the original failure.
+                let err = if matches!(e.kind, ErrorKind::NoUpstream) {
+                    ProxyError::upstream(ErrorKind::UpstreamClosed)
+                } else {
+                    e
+                };
+                return Err(Failure::Respond(err, std::mem::take(obuf)));
+            }
+        }
     };
     let buf = std::mem::take(obuf);
-    if buf.len() < len {
-        return Err(Failure::Respond(
-            ProxyError::upstream(ErrorKind::UpstreamClosed),
-            buf,
-        ));
-    }
     let (res, buf) = write_range(&mut up.stream, buf, 0, len, limits.upstream_body_timeout).await;
     *obuf = buf;
     match res {

@@ -26,6 +26,7 @@ use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::Config;
+use crate::health::{HealthMap, PassiveMarks};
 use crate::idle::IdleTimers;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstreams;
@@ -34,10 +35,22 @@ use crate::upstream::Upstreams;
 const RING_ENTRIES: u32 = 4096;
 
 /// State shared by every thread: written by the signal thread, read by workers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     /// Set once on graceful shutdown: stop accepting, finish in-flight work.
     pub shutdown: AtomicBool,
+    /// Backend health, written by the checker thread only.
+    pub health: Arc<HealthMap>,
+}
+
+impl Shared {
+    /// Shared state for `backends` backends (all up).
+    pub fn new(backends: usize) -> Self {
+        Shared {
+            shutdown: AtomicBool::new(false),
+            health: Arc::new(HealthMap::new(backends)),
+        }
+    }
 }
 
 /// Everything one worker's tasks share. Lives in an `Rc`: single-threaded.
@@ -46,6 +59,7 @@ pub struct WorkerCtx {
     pub config: Arc<Config>,
     shared: Arc<Shared>,
     upstreams: RefCell<Upstreams>,
+    marks: RefCell<PassiveMarks>,
     /// Idle upstream connections.
     pub pool: RefCell<Pool>,
     /// Client connections currently open on this worker.
@@ -58,6 +72,7 @@ pub struct WorkerCtx {
 impl WorkerCtx {
     fn new(config: Arc<Config>, shared: Arc<Shared>) -> Self {
         let upstreams = Upstreams::from_config(&config);
+        let marks = PassiveMarks::new(&config);
         let pool = Pool::new(
             upstreams.backends.len(),
             config.upstream_keepalive_pool_size,
@@ -71,6 +86,7 @@ impl WorkerCtx {
             config,
             shared,
             upstreams: RefCell::new(upstreams),
+            marks: RefCell::new(marks),
             pool: RefCell::new(pool),
             active: Cell::new(0),
             idle: IdleTimers::default(),
@@ -83,12 +99,23 @@ impl WorkerCtx {
         self.shared.shutdown.load(Ordering::Relaxed)
     }
 
-    /// Picks the next backend of `group` (global id).
+    /// Picks the next eligible backend of `group` (global id): up in the
+    /// health map and not passively marked down by this worker.
     pub fn select(&self, group: usize) -> Option<usize> {
         let mut ups = self.upstreams.borrow_mut();
         let g = ups.groups.get_mut(group)?;
         let first = g.first;
-        g.cursor.next(|_| true).map(|i| first + i)
+        let health = &*self.shared.health;
+        let mut marks = self.marks.borrow_mut();
+        g.cursor
+            .next(|i| marks.eligible(first + i, health))
+            .map(|i| first + i)
+    }
+
+    /// Marks `backend` down on this worker after a failed connect (passive
+    /// health); the checker's next passing check lifts it.
+    pub fn mark_down(&self, backend: usize) {
+        self.marks.borrow_mut().mark(backend, &self.shared.health);
     }
 
     /// Number of backends in `group`.

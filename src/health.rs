@@ -1,0 +1,522 @@
+//! Health: the checker thread and the bitmap workers read.
+//!
+//! One dedicated thread (never a worker) checks every backend of every group
+//! that has a `health_check` block, on that group's interval, with blocking
+//! sockets and a timeout (it is the only place such I/O is allowed). Results
+//! go into [`HealthMap`]: one bit per backend (global id) in `AtomicU64`
+//! words, written only by the checker, read by workers with a relaxed load on
+//! every selection. A backend's state flips after `fall` consecutive failures
+//! or `rise` consecutive successes; each transition is logged once (warn for
+//! down, info for up) with the reason. The first round runs before lbd
+//! accepts traffic, and its result is taken as is, so a backend that is dead
+//! at start never sees a first request.
+//!
+//! Besides the bits, the map holds a per-backend *generation*, bumped by the
+//! checker after every passing check. Workers use it for passive marking:
+//! a worker whose connect to a backend fails marks it down in its own local
+//! table, tagged with the generation it saw; the mark holds until the checker
+//! passes a newer check of that backend (or, for groups without health
+//! checks, for one second). No worker ever writes shared memory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{CheckKind, Config, HealthCheckConfig};
+
+/// The shared health state: one bit and one generation per backend.
+#[derive(Debug)]
+pub struct HealthMap {
+    words: Vec<AtomicU64>,
+    generations: Vec<AtomicU64>,
+}
+
+impl HealthMap {
+    /// All `n` backends up, generation 0.
+    pub fn new(n: usize) -> Self {
+        let words = (0..n.div_ceil(64))
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        let generations = (0..n).map(|_| AtomicU64::new(0)).collect();
+        HealthMap { words, generations }
+    }
+
+    /// Is backend `id` up? One relaxed load.
+    #[inline]
+    pub fn is_up(&self, id: usize) -> bool {
+        self.words
+            .get(id / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (id % 64)) != 0)
+    }
+
+    /// Sets backend `id`'s bit. Checker thread only.
+    fn set(&self, id: usize, up: bool) {
+        if let Some(w) = self.words.get(id / 64) {
+            let bit = 1u64 << (id % 64);
+            if up {
+                w.fetch_or(bit, Ordering::Release);
+            } else {
+                w.fetch_and(!bit, Ordering::Release);
+            }
+        }
+    }
+
+    /// Generation of backend `id`: how many checks of it have passed.
+    #[inline]
+    pub fn generation(&self, id: usize) -> u64 {
+        self.generations
+            .get(id)
+            .map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    fn bump_generation(&self, id: usize) {
+        if let Some(g) = self.generations.get(id) {
+            g.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// One backend as the checker sees it.
+struct Target {
+    id: usize,
+    name: String,
+    address: SocketAddr,
+    up: bool,
+    successes: u32,
+    failures: u32,
+    next: Instant,
+}
+
+struct GroupChecks {
+    check: HealthCheckConfig,
+    targets: Vec<Target>,
+}
+
+/// Runs one check; `Err` carries the reason for the log.
+pub fn check_once(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
+    let deadline = Instant::now() + check.timeout;
+    let mut stream =
+        TcpStream::connect_timeout(&address, check.timeout).map_err(|e| describe(&e))?;
+    match &check.kind {
+        CheckKind::Tcp => Ok(()),
+        CheckKind::Http {
+            path,
+            host,
+            expected_status,
+        } => {
+            let host = host.clone().unwrap_or_else(|| address.to_string());
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbd-health-check\r\nConnection: close\r\n\r\n"
+            );
+            let remaining = || {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            };
+            stream
+                .set_write_timeout(Some(remaining()))
+                .map_err(|e| describe(&e))?;
+            stream.write_all(req.as_bytes()).map_err(|e| describe(&e))?;
+            // Read until the status line is complete.
+            let mut buf = [0u8; 512];
+            let mut len = 0;
+            loop {
+                stream
+                    .set_read_timeout(Some(remaining()))
+                    .map_err(|e| describe(&e))?;
+                let n = stream.read(&mut buf[len..]).map_err(|e| describe(&e))?;
+                if n == 0 {
+                    return Err("connection closed before a status line".into());
+                }
+                len += n;
+                if buf[..len].contains(&b'\n') || len == buf.len() {
+                    break;
+                }
+            }
+            let status = parse_status(&buf[..len]).ok_or("invalid HTTP status line")?;
+            let pass = match expected_status {
+                Some(want) => status == *want,
+                None => (200..300).contains(&status),
+            };
+            if pass {
+                Ok(())
+            } else {
+                Err(format!("HTTP status {status}"))
+            }
+        }
+    }
+}
+
+fn parse_status(b: &[u8]) -> Option<u16> {
+    let line = b.split(|&c| c == b'\n').next()?;
+    let mut parts = line.split(|&c| c == b' ');
+    let version = parts.next()?;
+    if !version.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timed out".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The checker: owns per-backend rise/fall state, writes the map.
+pub struct Checker {
+    map: Arc<HealthMap>,
+    groups: Vec<GroupChecks>,
+}
+
+impl Checker {
+    /// A checker for every group with a `health_check` block. `None` if no
+    /// group has one (no thread needed).
+    pub fn new(config: &Config, map: Arc<HealthMap>) -> Option<Self> {
+        let mut groups = Vec::new();
+        let mut first = 0;
+        let now = Instant::now();
+        for up in &config.upstreams {
+            if let Some(check) = &up.health_check {
+                let targets = up
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| Target {
+                        id: first + i,
+                        name: b.name.clone(),
+                        address: b.address,
+                        up: true,
+                        successes: 0,
+                        failures: 0,
+                        next: now,
+                    })
+                    .collect();
+                groups.push(GroupChecks {
+                    check: check.clone(),
+                    targets,
+                });
+            }
+            first += up.backends.len();
+        }
+        (!groups.is_empty()).then_some(Checker { map, groups })
+    }
+
+    /// The first round: every backend checked in parallel, its state taken
+    /// from this one result. Returns when all checks finished (each bounded by
+    /// its timeout).
+    pub fn first_round(&mut self) {
+        let results: Vec<Vec<Result<(), String>>> = std::thread::scope(|s| {
+            let handles: Vec<Vec<_>> = self
+                .groups
+                .iter()
+                .map(|g| {
+                    g.targets
+                        .iter()
+                        .map(|t| {
+                            let check = &g.check;
+                            let addr = t.address;
+                            s.spawn(move || check_once(addr, check))
+                        })
+                        .collect()
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|hs| {
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err("checker panicked".into())))
+                        .collect()
+                })
+                .collect()
+        });
+        let now = Instant::now();
+        for (g, res) in self.groups.iter_mut().zip(results) {
+            for (t, r) in g.targets.iter_mut().zip(res) {
+                t.next = now + g.check.interval;
+                match r {
+                    Ok(()) => {
+                        t.up = true;
+                        self.map.set(t.id, true);
+                        self.map.bump_generation(t.id);
+                    }
+                    Err(reason) => {
+                        t.up = false;
+                        self.map.set(t.id, false);
+                        log::warn!("{} is unhealthy: {reason}", t.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks forever, each backend on its group's interval. Checks that are
+    /// due together run in parallel threads so one slow backend does not delay
+    /// the others.
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let due: Vec<(usize, usize)> = self
+                .groups
+                .iter()
+                .enumerate()
+                .flat_map(|(gi, g)| {
+                    g.targets
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, t)| t.next <= now)
+                        .map(move |(ti, _)| (gi, ti))
+                })
+                .collect();
+            if !due.is_empty() {
+                let groups = &self.groups;
+                let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                    let hs: Vec<_> = due
+                        .iter()
+                        .map(|&(gi, ti)| {
+                            let g = &groups[gi];
+                            let addr = g.targets[ti].address;
+                            s.spawn(move || check_once(addr, &g.check))
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err("checker panicked".into())))
+                        .collect()
+                });
+                let done = Instant::now();
+                for ((gi, ti), r) in due.into_iter().zip(results) {
+                    let g = &mut self.groups[gi];
+                    let (rise, fall, interval) = (g.check.rise, g.check.fall, g.check.interval);
+                    let t = &mut g.targets[ti];
+                    t.next = done + interval;
+                    apply(&self.map, t, r, rise, fall);
+                }
+            }
+            let next = self
+                .groups
+                .iter()
+                .flat_map(|g| g.targets.iter().map(|t| t.next))
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let wait = next.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// Applies one check result to a backend's rise/fall state.
+fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall: u32) {
+    match r {
+        Ok(()) => {
+            t.failures = 0;
+            map.bump_generation(t.id);
+            if !t.up {
+                t.successes += 1;
+                if t.successes >= rise {
+                    t.up = true;
+                    t.successes = 0;
+                    map.set(t.id, true);
+                    log::info!("{} is healthy again", t.name);
+                }
+            }
+        }
+        Err(reason) => {
+            t.successes = 0;
+            if t.up {
+                t.failures += 1;
+                if t.failures >= fall {
+                    t.up = false;
+                    t.failures = 0;
+                    map.set(t.id, false);
+                    log::warn!("{} is unhealthy: {reason}", t.name);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the checker: runs the first round (blocking, bounded by the
+/// timeouts), then spawns the checker thread. No-op without health checks.
+pub fn start(config: &Config, map: Arc<HealthMap>) -> std::io::Result<()> {
+    let Some(mut checker) = Checker::new(config, map) else {
+        return Ok(());
+    };
+    checker.first_round();
+    std::thread::Builder::new()
+        .name("lbd-health".into())
+        .spawn(move || checker.run())?;
+    Ok(())
+}
+
+/// A worker's own passive marks: backends it saw fail to connect.
+#[derive(Debug)]
+pub struct PassiveMarks {
+    /// Per backend: `Some((generation seen, expiry))` while marked down.
+    marks: Vec<Option<(u64, Instant)>>,
+    /// Whether the backend's group has active checks.
+    checked: Vec<bool>,
+}
+
+/// How long a passive mark lasts for a backend without active checks.
+const UNCHECKED_MARK: Duration = Duration::from_secs(1);
+
+impl PassiveMarks {
+    /// Marks table for every backend in `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut checked = Vec::new();
+        for up in &config.upstreams {
+            checked.extend(std::iter::repeat_n(
+                up.health_check.is_some(),
+                up.backends.len(),
+            ));
+        }
+        PassiveMarks {
+            marks: vec![None; checked.len()],
+            checked,
+        }
+    }
+
+    /// Marks `id` down after a failed connect.
+    pub fn mark(&mut self, id: usize, map: &HealthMap) {
+        if let Some(m) = self.marks.get_mut(id) {
+            *m = Some((map.generation(id), Instant::now() + UNCHECKED_MARK));
+        }
+    }
+
+    /// Clears a mark after a successful connect.
+    pub fn clear(&mut self, id: usize) {
+        if let Some(m) = self.marks.get_mut(id) {
+            *m = None;
+        }
+    }
+
+    /// True if `id` is eligible: up in the map and not passively marked.
+    /// Only reads the clock when a mark exists.
+    pub fn eligible(&mut self, id: usize, map: &HealthMap) -> bool {
+        if !map.is_up(id) {
+            return false;
+        }
+        let Some(slot) = self.marks.get_mut(id) else {
+            return false;
+        };
+        let Some((gen, expiry)) = *slot else {
+            return true;
+        };
+        let lapsed = if self.checked.get(id).copied().unwrap_or(false) {
+            map.generation(id) != gen
+        } else {
+            Instant::now() >= expiry
+        };
+        if lapsed {
+            *slot = None;
+        }
+        lapsed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_set_and_read_across_words() {
+        let m = HealthMap::new(130);
+        assert!((0..130).all(|i| m.is_up(i)));
+        m.set(0, false);
+        m.set(64, false);
+        m.set(129, false);
+        assert!(!m.is_up(0) && !m.is_up(64) && !m.is_up(129));
+        assert!(m.is_up(1) && m.is_up(63) && m.is_up(65) && m.is_up(128));
+        m.set(64, true);
+        assert!(m.is_up(64));
+        assert!(!m.is_up(500), "out of range is never up");
+    }
+
+    fn target() -> Target {
+        Target {
+            id: 3,
+            name: "b".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            up: true,
+            successes: 0,
+            failures: 0,
+            next: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_thresholds() {
+        let m = HealthMap::new(4);
+        let mut t = target();
+        apply(&m, &mut t, Err("x".into()), 2, 3);
+        apply(&m, &mut t, Err("x".into()), 2, 3);
+        assert!(m.is_up(3), "two failures < fall 3");
+        apply(&m, &mut t, Ok(()), 2, 3);
+        apply(&m, &mut t, Err("x".into()), 2, 3);
+        apply(&m, &mut t, Err("x".into()), 2, 3);
+        assert!(m.is_up(3), "a success resets the failure count");
+        apply(&m, &mut t, Err("x".into()), 2, 3);
+        assert!(!m.is_up(3));
+        apply(&m, &mut t, Ok(()), 2, 3);
+        assert!(!m.is_up(3), "one success < rise 2");
+        apply(&m, &mut t, Ok(()), 2, 3);
+        assert!(m.is_up(3));
+    }
+
+    #[test]
+    fn passive_mark_lapses_on_newer_generation() {
+        let mut cfg = crate::config::Config::from_yaml(
+            "listeners: [{address: '127.0.0.1:1'}]\nupstreams:\n  w:\n    backends: ['127.0.0.1:2', '127.0.0.1:3']\n    health_check: {kind: tcp}\n",
+            std::path::Path::new("t"),
+            Some(1),
+        )
+        .expect("config");
+        cfg.threads = 1;
+        let m = HealthMap::new(2);
+        let mut p = PassiveMarks::new(&cfg);
+        assert!(p.eligible(0, &m));
+        p.mark(0, &m);
+        assert!(!p.eligible(0, &m));
+        assert!(p.eligible(1, &m));
+        m.bump_generation(0);
+        assert!(p.eligible(0, &m), "a newer passing check lifts the mark");
+        m.set(1, false);
+        assert!(!p.eligible(1, &m));
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 500 Oops\r\n"), Some(500));
+        assert_eq!(parse_status(b"garbage"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 20 OK\r\n"), None);
+    }
+
+    #[test]
+    fn tcp_check_against_real_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let check = HealthCheckConfig {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 1,
+        };
+        assert!(check_once(addr, &check).is_ok());
+        drop(l);
+        let e = check_once(addr, &check).unwrap_err();
+        assert_eq!(e, "connection refused");
+    }
+}
