@@ -95,6 +95,9 @@ struct RawConfig {
     /// Upper bound on connection attempts per request across backends (Pingora: 16).
     #[serde(default)]
     max_retries: Option<usize>,
+    /// Seconds either side of an upgrade waits for the other (Pingora: 5 retries, 1 s apart).
+    #[serde(default)]
+    upgrade_sock_connect_accept_max_retries: Option<u64>,
 
     /// The addresses lbd listens on.
     #[serde(default)]
@@ -129,8 +132,6 @@ struct RawConfig {
     upstream_connect_offload_thread_per_pool: Option<IgnoredAny>,
     #[serde(default)]
     upstream_debug_ssl_keylog: Option<IgnoredAny>,
-    #[serde(default)]
-    upgrade_sock_connect_accept_max_retries: Option<IgnoredAny>,
     #[serde(default)]
     max_blocking_threads: Option<IgnoredAny>,
     #[serde(default)]
@@ -282,6 +283,9 @@ pub struct Config {
     pub upstream_keepalive_pool_size: usize,
     /// `max_retries`: connection attempts per request, at most.
     pub max_retries: usize,
+    /// `upgrade_sock_connect_accept_max_retries` × 1 s: how long each side of
+    /// an upgrade waits for the other.
+    pub upgrade_wait: Duration,
     /// Listening addresses.
     pub listeners: Vec<ListenerConfig>,
     /// Upstream groups, indexed by [`ListenerConfig::upstream`].
@@ -572,10 +576,6 @@ fn validate(
             "upstream_debug_ssl_keylog",
             raw.upstream_debug_ssl_keylog.is_some(),
         ),
-        (
-            "upgrade_sock_connect_accept_max_retries",
-            raw.upgrade_sock_connect_accept_max_retries.is_some(),
-        ),
         ("max_blocking_threads", raw.max_blocking_threads.is_some()),
         (
             "blocking_threads_ttl_seconds",
@@ -828,6 +828,17 @@ fn validate(
         ),
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         max_retries,
+        upgrade_wait: Duration::from_secs(match raw.upgrade_sock_connect_accept_max_retries {
+            None => 5,
+            Some(n) if (1..=3600).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "upgrade_sock_connect_accept_max_retries",
+                    n,
+                    "must be from 1 to 3600 (one retry per second)",
+                ))
+            }
+        }),
         listeners,
         upstreams,
         limits,

@@ -90,6 +90,17 @@ impl IdleTimers {
         }
     }
 
+    /// Fires every slot now (drain: idle connections close).
+    pub fn fire_all(&self) {
+        let mut slots = self.slots.borrow_mut();
+        for s in slots.iter_mut().flatten() {
+            s.fired = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     /// Slots in use (idle connections being timed).
     pub fn len(&self) -> usize {
         self.slots.borrow().len() - self.free.borrow().len()

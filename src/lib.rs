@@ -16,7 +16,9 @@
 //! * [`idle`]: coarse per-worker deadlines for idle connections.
 //! * [`error`]: proxy errors: who failed, retry safety, status mapping.
 //! * [`health`]: the checker thread, the shared health bitmap, passive marks.
-//! * [`signals`]: the signal thread.
+//! * [`signals`]: the signal thread: drain, upgrade, log reopen.
+//! * [`daemon`]: `-d` and the pid file.
+//! * [`upgrade`]: the listening-socket hand-over (SCM_RIGHTS).
 //! * [`logging`]: log setup.
 
 #![deny(rust_2018_idioms)]
@@ -25,6 +27,7 @@
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod http;
@@ -33,6 +36,7 @@ pub mod listener;
 pub mod logging;
 pub mod session;
 pub mod signals;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;
 
@@ -47,7 +51,13 @@ pub enum StartError {
     /// A listening socket could not be created.
     #[error(transparent)]
     Listen(#[from] listener::ListenError),
-    /// Logging or threads could not be set up.
+    /// The pid file is in the way or cannot be written.
+    #[error(transparent)]
+    PidFile(#[from] daemon::PidFileError),
+    /// `-u`: the sockets could not be taken over.
+    #[error("upgrade: cannot take over the listening sockets: {0}")]
+    Upgrade(#[from] upgrade::UpgradeError),
+    /// Logging, signals or threads could not be set up.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.
@@ -55,6 +65,10 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
 }
 
 /// Runs lbd as the command line says; returns when it exits.
@@ -67,39 +81,98 @@ pub fn run(cli: cli::Cli) -> Result<(), StartError> {
         );
         return Ok(());
     }
-    logging::init(config.error_log.as_deref()).map_err(|source| StartError::Io {
-        what: "cannot open error_log",
-        source,
-    })?;
+    if let Some(p) = &config.pid_file {
+        daemon::check_pid_file(p, cli.upgrade)?;
+    }
+    // Daemonize before any thread exists.
+    let mut readiness = if cli.daemon || config.daemon {
+        let r =
+            daemon::daemonize(config.error_log.as_deref()).map_err(io_err("cannot daemonize"))?;
+        if config.error_log.is_some() {
+            logging::stderr_is_log();
+        }
+        r
+    } else {
+        daemon::Readiness::foreground()
+    };
+    match start(&cli, config, &mut readiness) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            readiness.failed(&e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn start(
+    cli: &cli::Cli,
+    config: config::Config,
+    readiness: &mut daemon::Readiness,
+) -> Result<(), StartError> {
+    logging::init(config.error_log.as_deref()).map_err(io_err("cannot open error_log"))?;
     for w in &config.warnings {
         log::warn!("{w}");
     }
     let config = Arc::new(config);
-    // Signals are handled on this thread only: block them before any worker
-    // exists so every worker inherits the mask.
+    // Signals are handled on this thread only: block them before any other
+    // thread exists so every thread inherits the mask.
     let signals = signals::block().map_err(|e| StartError::Io {
         what: "cannot block signals",
         source: e.into(),
     })?;
-    let socks = listener::bind_all(&config, config.threads)?;
+    let socks = if cli.upgrade {
+        log::info!(
+            "upgrade: waiting for the running lbd's sockets on {}",
+            config.upgrade_sock.display()
+        );
+        let received = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
+        log::info!("upgrade: received {} listening sockets", received.len());
+        listener::adopt_all(&config, config.threads, received)?
+    } else {
+        listener::bind_all(&config, config.threads)?
+    };
+    // Keep a duplicate of every listening socket for a later hand-over.
+    let mut handover = Vec::new();
+    for (sock, _) in socks.iter().flatten() {
+        let addr = sock
+            .local_addr()
+            .map_err(io_err("listening socket address"))?;
+        let fd: std::os::fd::OwnedFd = sock
+            .try_clone()
+            .map_err(io_err("cannot duplicate a listening socket"))?
+            .into();
+        handover.push((addr, fd));
+    }
     let backends = config.upstreams.iter().map(|u| u.backends.len()).sum();
     let shared = Arc::new(worker::Shared::new(backends));
     // The first round of health checks completes before any worker accepts.
-    health::start(&config, shared.health.clone()).map_err(|source| StartError::Io {
-        what: "cannot start the health checker",
-        source,
-    })?;
-    let workers =
-        worker::spawn(config.clone(), shared.clone(), socks).map_err(|source| StartError::Io {
-            what: "cannot start worker threads",
-            source,
-        })?;
+    health::start(&config, shared.health.clone())
+        .map_err(io_err("cannot start the health checker"))?;
+    let workers = worker::spawn(config.clone(), shared.clone(), socks)
+        .map_err(io_err("cannot start worker threads"))?;
+    if let Some(p) = &config.pid_file {
+        daemon::write_pid_file(p)?;
+    }
     log::info!(
-        "lbd {} started: {} workers, {} listeners",
+        "lbd {} started (pid {}): {} workers, {} listeners",
         env!("CARGO_PKG_VERSION"),
+        std::process::id(),
         workers.len(),
         config.listeners.len()
     );
-    signals::run(&signals, &config, &shared);
+    readiness.ready();
+    signals::run(
+        &signals,
+        signals::Lifecycle {
+            config: &config,
+            shared: &shared,
+            workers,
+            sockets: handover,
+            on_usr1: Box::new(|| log::info!("SIGUSR1: latency dump not implemented yet")),
+        },
+    );
+    if let Some(p) = &config.pid_file {
+        daemon::remove_pid_file(p);
+    }
     Ok(())
 }

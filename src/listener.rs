@@ -10,6 +10,7 @@
 //! the upgrade hand-over can pass to a new process.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -75,6 +76,68 @@ pub fn bind_all(
             w.push((s.into(), l.upstream));
         }
         log::info!("listening on {addr} ({workers} SO_REUSEPORT sockets)");
+    }
+    Ok(per_worker)
+}
+
+/// Builds each worker's sockets from descriptors received from the old
+/// process on upgrade. For each configured address, received sockets are
+/// dealt round robin to the workers (a worker may get several, so every
+/// received socket keeps being accepted on and no queued connection is lost);
+/// workers left without one get a new SO_REUSEPORT socket joining the same
+/// group. Addresses the old process had but this config does not are closed
+/// (logged); addresses it did not have are bound as usual.
+pub fn adopt_all(
+    config: &Config,
+    workers: usize,
+    received: Vec<(SocketAddr, OwnedFd)>,
+) -> Result<Vec<Vec<(TcpListener, usize)>>, ListenError> {
+    let mut per_worker: Vec<Vec<(TcpListener, usize)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut received: Vec<Option<(SocketAddr, OwnedFd)>> = received.into_iter().map(Some).collect();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let err = |source| ListenError {
+            address: l.address,
+            index,
+            source,
+        };
+        let mine: Vec<TcpListener> = received
+            .iter_mut()
+            .filter(|r| r.as_ref().is_some_and(|(a, _)| *a == l.address))
+            .filter_map(|r| r.take())
+            .map(|(_, fd)| TcpListener::from(fd))
+            .collect();
+        if mine.is_empty() {
+            log::info!("upgrade: {} was not handed over; binding it", l.address);
+            if l.address.port() != 0 {
+                probe(l.address).map_err(err)?;
+            }
+            for w in per_worker.iter_mut() {
+                let s = reuseport_socket(l.address, l.backlog).map_err(err)?;
+                w.push((s.into(), l.upstream));
+            }
+            continue;
+        }
+        let n = mine.len();
+        for (j, sock) in mine.into_iter().enumerate() {
+            sock.set_nonblocking(true).map_err(err)?;
+            per_worker[j % workers].push((sock, l.upstream));
+        }
+        for w in per_worker.iter_mut().skip(n) {
+            let s = reuseport_socket(l.address, l.backlog).map_err(err)?;
+            w.push((s.into(), l.upstream));
+        }
+        log::info!(
+            "upgrade: adopted {n} listening sockets for {}{}",
+            l.address,
+            if workers > n {
+                format!(", opened {} more", workers - n)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (addr, _) in received.into_iter().flatten() {
+        log::warn!("upgrade: {addr} is not in this config; closing the socket handed over for it");
     }
     Ok(per_worker)
 }

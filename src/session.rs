@@ -33,6 +33,9 @@ use crate::http::response::{
 use crate::http::{self, Framing};
 use crate::worker::WorkerCtx;
 
+/// How long an idle keep-alive connection stays open once draining began.
+const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Bytes read from a socket, with a consumed prefix.
 struct InBuf {
     v: Vec<u8>,
@@ -209,18 +212,28 @@ pub async fn serve(ctx: Rc<WorkerCtx>, mut client: TcpStream, peer: SocketAddr, 
             if let Some(b) = cbuf.take() {
                 b.release();
             }
-            let wait = if served == 0 {
+            let idle_limit = if served == 0 {
                 limits.header_timeout
             } else {
                 limits.keepalive_timeout
             };
-            match ctx.idle.within(wait, client.readable(false)).await {
-                Some(Ok(())) => {}
-                _ => return,
-            }
-            if ctx.shutting_down() {
-                // Drain: do not start new exchanges.
-                return;
+            // While draining, an idle connection gets one short window for a
+            // request already on its way (served with Connection: close),
+            // then closes: closing at once would race with such a request.
+            let mut drain_window_used = false;
+            loop {
+                let wait = if ctx.shutting_down() {
+                    drain_window_used = true;
+                    idle_limit.min(DRAIN_IDLE_WINDOW)
+                } else {
+                    idle_limit
+                };
+                match ctx.idle.within(wait, client.readable(false)).await {
+                    Some(Ok(())) => break,
+                    Some(Err(_)) => return,
+                    None if ctx.shutting_down() && !drain_window_used => continue,
+                    None => return,
+                }
             }
             cbuf = Some(InBuf::new());
         }
@@ -536,16 +549,18 @@ async fn proxy(
     // request bytes until a response arrives, for the one safe resend.
     let mut ub = InBuf::new();
     let mut hbuf = buffer::take();
-    let rctx = RequestContext {
-        is_head: req.head.is_head,
-        http10: req.head.http10,
-        close_client: req.close_client,
-    };
     let mut got_bytes = false;
     let resp: ResponseHead = loop {
         let deadline = Instant::now() + limits.upstream_response_timeout;
         if !ub.is_empty() {
             hbuf.clear();
+            let rctx = RequestContext {
+                is_head: req.head.is_head,
+                http10: req.head.http10,
+                // A drain that began while this request was in flight still
+                // tells the client the connection closes.
+                close_client: req.close_client || ctx.shutting_down(),
+            };
             match parse_response(ub.data(), rctx, &mut hbuf) {
                 Ok(Parsed::Complete(h)) if h.interim => {
                     ub.consume(h.head_len);

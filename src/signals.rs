@@ -1,11 +1,20 @@
-//! The signal thread: signals are blocked everywhere and taken here, on the
-//! main thread, with `sigwait`, so no handler ever runs on a worker.
+//! The signal thread: every signal lbd handles is blocked in all threads and
+//! taken here, on the main thread, with `sigwait`; no handler ever runs on a
+//! worker. Workers learn of shutdown from one atomic flag they load (never
+//! under a lock on the request path).
 //!
-//! SIGINT exits at once. SIGTERM begins a graceful shutdown: workers see the
-//! shared flag (a plain atomic load), stop starting new exchanges, and the
-//! process exits when the grace period ends.
+//! | signal | effect |
+//! |---|---|
+//! | SIGINT | fast shutdown: exit at once |
+//! | SIGTERM | graceful shutdown: stop accepting, drain, exit when idle |
+//! | SIGQUIT | graceful upgrade: hand listening sockets to `lbd -u`, then drain |
+//! | SIGHUP | reopen `error_log` |
+//! | SIGUSR1 | dump the latency histogram (does not reopen logs) |
 
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
@@ -30,8 +39,22 @@ pub fn block() -> nix::Result<SigSet> {
     Ok(set)
 }
 
-/// Waits for signals until lbd should exit.
-pub fn run(set: &SigSet, config: &Config, shared: &Shared) {
+/// What the signal loop needs to act.
+pub struct Lifecycle<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// Flags shared with workers.
+    pub shared: &'a Shared,
+    /// Worker threads (joined on drain).
+    pub workers: Vec<JoinHandle<()>>,
+    /// Duplicates of every listening socket, for the upgrade hand-over.
+    pub sockets: Vec<(SocketAddr, OwnedFd)>,
+    /// Called on SIGUSR1.
+    pub on_usr1: Box<dyn Fn() + 'a>,
+}
+
+/// Waits for signals until lbd should exit; returns when it may.
+pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
     loop {
         match set.wait() {
             Ok(Signal::SIGINT) => {
@@ -40,18 +63,60 @@ pub fn run(set: &SigSet, config: &Config, shared: &Shared) {
             }
             Ok(Signal::SIGTERM) => {
                 log::info!("SIGTERM: graceful shutdown");
-                shared.shutdown.store(true, Ordering::Relaxed);
-                let until = Instant::now() + config.grace_period.min(Duration::from_secs(1));
-                while Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                drain(&lc);
                 return;
             }
-            Ok(other) => log::info!("{other:?} received; not handled yet"),
+            Ok(Signal::SIGQUIT) => {
+                log::info!(
+                    "SIGQUIT: handing {} listening sockets to a new process on {}",
+                    lc.sockets.len(),
+                    lc.config.upgrade_sock.display()
+                );
+                let fds: Vec<(SocketAddr, i32)> = lc
+                    .sockets
+                    .iter()
+                    .map(|(a, f)| (*a, f.as_raw_fd()))
+                    .collect();
+                match crate::upgrade::send(&lc.config.upgrade_sock, &fds, lc.config.upgrade_wait) {
+                    Ok(()) => {
+                        log::info!("upgrade: listening sockets sent; draining");
+                        // Our copies are no longer needed: the new process
+                        // holds the sockets.
+                        lc.sockets.clear();
+                        drain(&lc);
+                        return;
+                    }
+                    Err(e) => {
+                        log::error!("upgrade failed, still serving: {e}");
+                    }
+                }
+            }
+            Ok(Signal::SIGHUP) => crate::logging::reopen(),
+            Ok(Signal::SIGUSR1) => (lc.on_usr1)(),
+            Ok(other) => log::debug!("{other:?} ignored"),
             Err(e) => {
                 log::error!("sigwait failed: {e}");
                 return;
             }
         }
+    }
+}
+
+/// Graceful drain: tell workers, wait until they finished or the deadline
+/// (`grace_period_seconds` + `graceful_shutdown_timeout_seconds`) passed.
+fn drain(lc: &Lifecycle<'_>) {
+    lc.shared.shutdown.store(true, Ordering::Relaxed);
+    let limit = lc.config.grace_period + lc.config.graceful_shutdown_timeout;
+    let deadline = Instant::now() + limit;
+    loop {
+        if lc.workers.iter().all(JoinHandle::is_finished) {
+            log::info!("drained; exiting");
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!("drain deadline ({limit:?}) reached with requests in flight; exiting");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

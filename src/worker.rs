@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -301,11 +302,19 @@ async fn serve(
     socks: Vec<(std::net::TcpListener, usize)>,
 ) {
     let ctx = Rc::new(WorkerCtx::new(config, shared));
+    // Cancels every accept at once when draining; a cancelled accept is still
+    // awaited, so a connection accepted in the race is served, never leaked.
+    let canceller = Canceller::new();
     let mut loops = Vec::new();
     for (sock, group) in socks {
         // `from_std` must run inside the runtime (it registers the fd).
         match TcpListener::from_std(sock) {
-            Ok(l) => loops.push(monoio::spawn(accept_loop(ctx.clone(), l, group))),
+            Ok(l) => loops.push(monoio::spawn(accept_loop(
+                ctx.clone(),
+                l,
+                group,
+                canceller.handle(),
+            ))),
             Err(e) => {
                 log::error!("worker {id}: cannot adopt listening socket: {e}");
                 std::process::exit(1);
@@ -332,18 +341,45 @@ async fn serve(
             reaper.idle.sweep(std::time::Instant::now());
         }
     });
+    // Watch for shutdown (a plain load every 50 ms, off the request path).
+    while !ctx.shutting_down() {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain: stop accepting, close idle keep-alive connections, let
+    // in-flight exchanges finish (their responses carry Connection: close).
+    let _ = canceller.cancel();
     for l in loops {
         l.await;
     }
+    // Wake idle connections: they get a short last window (see session).
+    ctx.idle.fire_all();
+    loop {
+        ctx.pool.borrow_mut().clear();
+        let n = ctx.active.get();
+        if n == 0 {
+            break;
+        }
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log::info!("worker {id}: drained");
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, group: usize) {
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    listener: TcpListener,
+    group: usize,
+    cancel: CancelHandle,
+) {
     let max = ctx.config.limits.max_connections_per_worker;
     let mut last_err_log: Option<std::time::Instant> = None;
     // Never wrap accept in a timeout/select on monoio 0.2.4: a cancelled
-    // accept can leak the accepted fd.
+    // accept can leak the accepted fd. Cancellation goes through the
+    // canceller instead, which still collects the result.
     loop {
-        match listener.accept().await {
+        if ctx.shutting_down() {
+            return;
+        }
+        match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 if ctx.active.get() >= max {
                     // Refuse cleanly: close at once, existing connections keep
@@ -358,6 +394,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, group: usize) {
                     c.active.set(c.active.get() - 1);
                 });
             }
+            Err(_) if ctx.shutting_down() => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; service
                 // resumes when descriptors free up.

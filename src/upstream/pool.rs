@@ -80,6 +80,13 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (drain).
+    pub fn clear(&mut self) {
+        for stack in &mut self.idle {
+            stack.clear();
+        }
+    }
+
     /// Idle connections currently held for `backend`.
     pub fn idle_count(&self, backend: usize) -> usize {
         self.idle.get(backend).map_or(0, Vec::len)
