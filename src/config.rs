@@ -99,6 +99,16 @@ struct RawConfig {
     #[serde(default)]
     upgrade_sock_connect_accept_max_retries: Option<u64>,
 
+    /// Where SIGUSR1 writes the latency histogram. Default: `lbd-latency.hgrm`
+    /// beside `error_log`, or in the working directory.
+    #[serde(default)]
+    histogram_file: Option<PathBuf>,
+    /// The admin endpoint (`/metrics`, `/health`). Default: none.
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    /// The access log. Default: off.
+    #[serde(default)]
+    access_log: Option<RawAccessLog>,
     /// The addresses lbd listens on.
     #[serde(default)]
     listeners: Vec<RawListener>,
@@ -144,6 +154,25 @@ struct RawConfig {
     daemon_notify_timeout_seconds: Option<IgnoredAny>,
     #[serde(default)]
     s2n_config_cache_size: Option<IgnoredAny>,
+}
+
+/// `admin:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// `IP:port` for `GET /metrics` and `GET /health`.
+    address: String,
+}
+
+/// `access_log:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    /// File to append to.
+    path: PathBuf,
+    /// `combined` (default), `common` or `json`.
+    #[serde(default)]
+    format: Option<String>,
 }
 
 /// One `listeners:` entry.
@@ -292,6 +321,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// `histogram_file`.
+    pub histogram_file: Option<PathBuf>,
+    /// `admin.address`.
+    pub admin: Option<SocketAddr>,
+    /// `access_log`: path and format.
+    pub access_log: Option<(PathBuf, crate::access_log::Format)>,
     /// Warnings produced while loading (logged once logging is up).
     pub warnings: Vec<String>,
 }
@@ -842,6 +877,33 @@ fn validate(
         listeners,
         upstreams,
         limits,
+        histogram_file: raw.histogram_file,
+        access_log: match raw.access_log {
+            None => None,
+            Some(a) => {
+                let format = match a.format.as_deref().unwrap_or("combined") {
+                    "combined" => crate::access_log::Format::Combined,
+                    "common" => crate::access_log::Format::Common,
+                    "json" => crate::access_log::Format::Json,
+                    other => {
+                        return Err(invalid(
+                            "access_log.format",
+                            other,
+                            "must be `combined`, `common` or `json`",
+                        ))
+                    }
+                };
+                Some((a.path, format))
+            }
+        },
+        admin: match raw.admin {
+            None => None,
+            Some(a) => Some(
+                a.address
+                    .parse()
+                    .map_err(|_| invalid("admin.address", &a.address, "expected IP:port"))?,
+            ),
+        },
         warnings,
     })
 }

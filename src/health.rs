@@ -31,6 +31,7 @@ use crate::config::{CheckKind, Config, HealthCheckConfig};
 pub struct HealthMap {
     words: Vec<AtomicU64>,
     generations: Vec<AtomicU64>,
+    failures: Vec<AtomicU64>,
 }
 
 impl HealthMap {
@@ -40,7 +41,12 @@ impl HealthMap {
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
         let generations = (0..n).map(|_| AtomicU64::new(0)).collect();
-        HealthMap { words, generations }
+        let failures = (0..n).map(|_| AtomicU64::new(0)).collect();
+        HealthMap {
+            words,
+            generations,
+            failures,
+        }
     }
 
     /// Is backend `id` up? One relaxed load.
@@ -69,6 +75,19 @@ impl HealthMap {
         self.generations
             .get(id)
             .map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    /// Failed active checks of backend `id` so far.
+    pub fn check_failures(&self, id: usize) -> u64 {
+        self.failures
+            .get(id)
+            .map_or(0, |f| f.load(Ordering::Relaxed))
+    }
+
+    fn count_failure(&self, id: usize) {
+        if let Some(f) = self.failures.get(id) {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn bump_generation(&self, id: usize) {
@@ -251,6 +270,7 @@ impl Checker {
                     }
                     Err(reason) => {
                         t.up = false;
+                        self.map.count_failure(t.id);
                         self.map.set(t.id, false);
                         log::warn!("{} is unhealthy: {reason}", t.name);
                     }
@@ -333,6 +353,7 @@ fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall
         }
         Err(reason) => {
             t.successes = 0;
+            map.count_failure(t.id);
             if t.up {
                 t.failures += 1;
                 if t.failures >= fall {

@@ -19,11 +19,16 @@
 //! * [`signals`]: the signal thread: drain, upgrade, log reopen.
 //! * [`daemon`]: `-d` and the pid file.
 //! * [`upgrade`]: the listening-socket hand-over (SCM_RIGHTS).
-//! * [`logging`]: log setup.
+//! * [`logging`]: log setup and reopen.
+//! * [`metrics`]: per-worker counters and histograms, `.hgrm` and Prometheus output.
+//! * [`admin`]: the `/metrics` and `/health` endpoint thread.
+//! * [`access_log`]: per-worker buffered access log and its writer thread.
 
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 pub mod buffer;
 pub mod cli;
 pub mod config;
@@ -34,6 +39,7 @@ pub mod http;
 pub mod idle;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod session;
 pub mod signals;
 pub mod upgrade;
@@ -145,11 +151,49 @@ fn start(
     }
     let backends = config.upstreams.iter().map(|u| u.backends.len()).sum();
     let shared = Arc::new(worker::Shared::new(backends));
+    let admin_listener = match config.admin {
+        Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Io {
+            what: "cannot listen on admin.address",
+            source,
+        })?),
+        None => None,
+    };
+    let (dump_tx, dump_rx) = std::sync::mpsc::channel();
+    let (scrape_tx, scrape_rx) = std::sync::mpsc::channel();
+    let worker_metrics: Vec<Arc<metrics::WorkerMetrics>> = (0..config.threads)
+        .map(|_| Arc::new(metrics::WorkerMetrics::new(backends)))
+        .collect();
+    let mut access: Vec<Option<(access_log::Format, access_log::WorkerLink)>> =
+        match &config.access_log {
+            Some((path, format)) => access_log::start(path.clone(), config.threads)
+                .map_err(io_err("cannot open access_log"))?
+                .into_iter()
+                .map(|l| Some((*format, l)))
+                .collect(),
+            None => (0..config.threads).map(|_| None).collect(),
+        };
+    let links = worker_metrics
+        .iter()
+        .zip(access.drain(..))
+        .map(|(m, a)| worker::WorkerLinks {
+            metrics: m.clone(),
+            dump_tx: dump_tx.clone(),
+            scrape_tx: scrape_tx.clone(),
+            access: a,
+        })
+        .collect();
+    drop((dump_tx, scrape_tx));
     // The first round of health checks completes before any worker accepts.
     health::start(&config, shared.health.clone())
         .map_err(io_err("cannot start the health checker"))?;
-    let workers = worker::spawn(config.clone(), shared.clone(), socks)
+    let workers = worker::spawn(config.clone(), shared.clone(), socks, links)
         .map_err(io_err("cannot start worker threads"))?;
+    if let Some(l) = admin_listener {
+        let addr = l.local_addr().map_err(io_err("admin address"))?;
+        admin::spawn(l, config.clone(), shared.clone(), worker_metrics, scrape_rx)
+            .map_err(io_err("cannot start the admin thread"))?;
+        log::info!("admin endpoint on http://{addr}/metrics");
+    }
     if let Some(p) = &config.pid_file {
         daemon::write_pid_file(p)?;
     }
@@ -168,11 +212,48 @@ fn start(
             shared: &shared,
             workers,
             sockets: handover,
-            on_usr1: Box::new(|| log::info!("SIGUSR1: latency dump not implemented yet")),
+            on_usr1: Box::new(dump_latency(&config, &shared, dump_rx)),
         },
     );
     if let Some(p) = &config.pid_file {
         daemon::remove_pid_file(p);
     }
     Ok(())
+}
+
+/// The SIGUSR1 action: collect every worker's interval histogram, merge,
+/// write `histogram_file` atomically, log a summary.
+fn dump_latency<'a>(
+    config: &'a config::Config,
+    shared: &'a worker::Shared,
+    rx: std::sync::mpsc::Receiver<metrics::Reply>,
+) -> impl Fn() + 'a {
+    let since = std::cell::Cell::new(std::time::SystemTime::now());
+    move || {
+        let epoch = shared
+            .requests
+            .dump
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let (h, got) = metrics::collect(
+            &rx,
+            epoch,
+            config.threads,
+            std::time::Duration::from_secs(2),
+        );
+        let now = std::time::SystemTime::now();
+        let start = since.replace(now);
+        if got < config.threads {
+            log::warn!("SIGUSR1: only {got} of {} workers answered", config.threads);
+        }
+        let path = metrics::histogram_path(config);
+        match metrics::write_atomic(&path, &metrics::hgrm(&h, start, now)) {
+            Ok(()) => log::info!(
+                "SIGUSR1: latency since last dump written to {}: {}",
+                path.display(),
+                metrics::summary(&h)
+            ),
+            Err(e) => log::error!("SIGUSR1: cannot write {}: {e}", path.display()),
+        }
+    }
 }

@@ -274,7 +274,6 @@ async fn exchange(
 ) -> Result<bool, ()> {
     let limits = &ctx.config.limits;
     let mut obuf = buffer::take();
-    let started = std::time::Instant::now();
 
     // 1. The request head, under one deadline that trickled bytes do not move.
     let deadline = Instant::now() + limits.header_timeout;
@@ -295,8 +294,11 @@ async fn exchange(
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
                     log::debug!("{peer}: request rejected: {e}");
+                    if let Some(f) = ctx.access_fields(cb.data()) {
+                        ctx.access_log(peer, f, e.status(), 0, Duration::ZERO, None);
+                    }
                     let err = ProxyError::downstream(ErrorKind::BadRequest(e));
-                    respond_error(client, &err, obuf, limits.client_write_timeout).await;
+                    respond_error(ctx, client, &err, obuf, limits.client_write_timeout).await;
                     return Err(());
                 }
             }
@@ -309,8 +311,11 @@ async fn exchange(
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 if !cb.is_empty() {
+                    if let Some(f) = ctx.access_fields(cb.data()) {
+                        ctx.access_log(peer, f, 408, 0, limits.header_timeout, None);
+                    }
                     let err = ProxyError::downstream(ErrorKind::ClientTimeout);
-                    respond_error(client, &err, Vec::new(), limits.client_write_timeout).await;
+                    respond_error(ctx, client, &err, Vec::new(), limits.client_write_timeout).await;
                 }
                 return Err(());
             }
@@ -320,6 +325,9 @@ async fn exchange(
             }
         }
     };
+    // Latency runs from the complete request head to the last response byte.
+    let started = std::time::Instant::now();
+    let fields = ctx.access_fields(&cb.data()[..head.head_len]);
     cb.consume(head.head_len);
     let req = Request {
         head,
@@ -329,20 +337,33 @@ async fn exchange(
     };
 
     match proxy(ctx, client, group, cb, obuf, &req).await {
-        Ok(close_client) => {
-            ctx.record(started.elapsed());
-            Ok(!close_client)
+        Ok(done) => {
+            let elapsed = started.elapsed();
+            ctx.record(elapsed);
+            if let Some(f) = fields {
+                let upstream = Some(ctx.backend_addr(done.backend));
+                ctx.access_log(peer, f, done.status, done.body_bytes, elapsed, upstream);
+            }
+            Ok(!done.close_client)
         }
         Err(Failure::Respond(err, buf)) => {
             match err.side {
                 crate::error::Side::Downstream => log::debug!("{peer}: {err}"),
                 _ => log::warn!("{peer}: {err}"),
             }
-            respond_error(client, &err, buf, limits.client_write_timeout).await;
+            respond_error(ctx, client, &err, buf, limits.client_write_timeout).await;
+            let elapsed = started.elapsed();
+            ctx.record(elapsed);
+            if let (Some(f), Some(status)) = (fields, err.status()) {
+                ctx.access_log(peer, f, status, 0, elapsed, None);
+            }
             Err(())
         }
         Err(Failure::Close(err)) => {
             log::debug!("{peer}: closing: {err}");
+            if let Some(f) = fields {
+                ctx.give_fields(f);
+            }
             Err(())
         }
     }
@@ -357,12 +378,14 @@ enum Failure {
 }
 
 async fn respond_error(
+    ctx: &WorkerCtx,
     client: &mut TcpStream,
     err: &ProxyError,
     mut buf: Vec<u8>,
     limit: Duration,
 ) {
     let Some(status) = err.status() else { return };
+    ctx.metrics.response(status);
     buf.clear();
     http::write_simple_response(&mut buf, status, http::reason_phrase(status), true);
     let len = buf.len();
@@ -389,6 +412,7 @@ async fn acquire(
         };
         *tries += 1;
         if let Some(stream) = ctx.pool.borrow_mut().checkout(backend) {
+            ctx.metrics.backend(backend).pool_reuse.inc();
             return Ok(Upstream {
                 stream,
                 backend,
@@ -405,6 +429,7 @@ async fn acquire(
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                ctx.metrics.backend(backend).new_connections.inc();
                 return Ok(Upstream {
                     stream,
                     backend,
@@ -414,11 +439,13 @@ async fn acquire(
             Ok(Err(e)) => {
                 log::warn!("connect to upstream {addr} failed: {e}");
                 ctx.mark_down(backend);
+                ctx.metrics.backend(backend).connect_errors.inc();
                 last = Some(ProxyError::upstream(ErrorKind::ConnectFailed(e)));
             }
             Err(_) => {
                 log::warn!("connect to upstream {addr} timed out");
                 ctx.mark_down(backend);
+                ctx.metrics.backend(backend).connect_errors.inc();
                 last = Some(ProxyError::upstream(ErrorKind::ConnectTimeout));
             }
         }
@@ -437,7 +464,7 @@ async fn proxy(
     cb: &mut InBuf,
     obuf: Vec<u8>,
     req: &Request,
-) -> Result<bool, Failure> {
+) -> Result<Done, Failure> {
     let limits = &ctx.config.limits;
     let mut obuf = obuf;
     let mut tries = 0usize;
@@ -486,6 +513,7 @@ async fn proxy(
     )
     .await;
     obuf = ob;
+    ctx.metrics.backend(up.backend).requests.inc();
     if let Err(e) = res {
         if resendable {
             up = resend(ctx, group, up, &mut obuf, obuf_len, &mut tries).await?;
@@ -629,6 +657,7 @@ async fn proxy(
     ub.consume(resp.head_len);
 
     // 5. Response head plus buffered body bytes, in one write.
+    let mut body_bytes: u64 = 0;
     let mut body = Body::new(resp.framing);
     {
         let start = ub.pos;
@@ -644,9 +673,11 @@ async fn proxy(
             }
         };
         obuf.extend_from_slice(&ub.v[start..start + out]);
+        body_bytes += out as u64;
         ub.consume(used);
     }
     let len = obuf.len();
+    ctx.metrics.response(resp.status);
     let (res, ob) = write_range(client, obuf, 0, len, limits.client_write_timeout).await;
     buffer::give(ob);
     if let Err(e) = res {
@@ -696,6 +727,7 @@ async fn proxy(
         let (res, v) =
             write_range(client, v, start, start + out, limits.client_write_timeout).await;
         ub.v = v;
+        body_bytes += out as u64;
         if let Err(e) = res {
             ub.release();
             return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
@@ -712,7 +744,20 @@ async fn proxy(
     if resp.upstream_reusable && clean_end && !ctx.shutting_down() {
         ctx.pool.borrow_mut().checkin(up.backend, up.stream);
     }
-    Ok(resp.close_client)
+    Ok(Done {
+        close_client: resp.close_client,
+        status: resp.status,
+        body_bytes,
+        backend: up.backend,
+    })
+}
+
+/// What a completed exchange reports.
+struct Done {
+    close_client: bool,
+    status: u16,
+    body_bytes: u64,
+    backend: usize,
 }
 
 /// Re-sends a fully buffered idempotent request (`obuf[..len]`) after its
@@ -786,6 +831,7 @@ async fn resend(
     let buf = std::mem::take(obuf);
     let (res, buf) = write_range(&mut up.stream, buf, 0, len, limits.upstream_body_timeout).await;
     *obuf = buf;
+    ctx.metrics.backend(up.backend).requests.inc();
     match res {
         Ok(()) => Ok(up),
         Err(e) => Err(Failure::Respond(

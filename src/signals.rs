@@ -91,7 +91,10 @@ pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
                     }
                 }
             }
-            Ok(Signal::SIGHUP) => crate::logging::reopen(),
+            Ok(Signal::SIGHUP) => {
+                crate::logging::reopen();
+                crate::access_log::REOPEN.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Signal::SIGUSR1) => (lc.on_usr1)(),
             Ok(other) => log::debug!("{other:?} ignored"),
             Err(e) => {

@@ -26,9 +26,11 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::access_log;
 use crate::config::Config;
 use crate::health::{HealthMap, PassiveMarks};
 use crate::idle::IdleTimers;
+use crate::metrics::{Reply, WorkerHistograms, WorkerMetrics};
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstreams;
 
@@ -42,6 +44,8 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Backend health, written by the checker thread only.
     pub health: Arc<HealthMap>,
+    /// Dump and scrape requests for the workers' histograms.
+    pub requests: crate::metrics::Requests,
 }
 
 impl Shared {
@@ -50,6 +54,7 @@ impl Shared {
         Shared {
             shutdown: AtomicBool::new(false),
             health: Arc::new(HealthMap::new(backends)),
+            requests: crate::metrics::Requests::default(),
         }
     }
 }
@@ -67,11 +72,21 @@ pub struct WorkerCtx {
     pub active: Cell<usize>,
     /// Deadlines of idle client connections.
     pub idle: IdleTimers,
-    latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// This worker's counters (written here only, read by the admin thread).
+    pub metrics: Arc<WorkerMetrics>,
+    hist: RefCell<WorkerHistograms>,
+    access: Option<RefCell<AccessState>>,
+}
+
+/// A worker's access-log state.
+struct AccessState {
+    log: access_log::WorkerLog,
+    link: access_log::WorkerLink,
+    free_fields: Vec<access_log::Fields>,
 }
 
 impl WorkerCtx {
-    fn new(config: Arc<Config>, shared: Arc<Shared>) -> Self {
+    fn new(config: Arc<Config>, shared: Arc<Shared>, links: WorkerLinks) -> Self {
         let upstreams = Upstreams::from_config(&config);
         let marks = PassiveMarks::new(&config);
         let pool = Pool::new(
@@ -79,10 +94,6 @@ impl WorkerCtx {
             config.upstream_keepalive_pool_size,
             config.limits.upstream_idle_timeout,
         );
-        // 1 µs to 1 hour, 3 significant digits: fixed size, never resizes on
-        // the request path.
-        let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("sigfig 3 is valid"));
         WorkerCtx {
             config,
             shared,
@@ -91,7 +102,15 @@ impl WorkerCtx {
             pool: RefCell::new(pool),
             active: Cell::new(0),
             idle: IdleTimers::default(),
-            latency: RefCell::new(latency),
+            metrics: links.metrics,
+            hist: RefCell::new(WorkerHistograms::new(links.dump_tx, links.scrape_tx)),
+            access: links.access.map(|(format, link)| {
+                RefCell::new(AccessState {
+                    log: access_log::WorkerLog::new(format),
+                    link,
+                    free_fields: Vec::new(),
+                })
+            }),
         }
     }
 
@@ -145,10 +164,78 @@ impl WorkerCtx {
     }
 
     /// Records one request's latency.
+    #[inline]
     pub fn record(&self, d: Duration) {
-        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.latency.borrow_mut().saturating_record(us.max(1));
+        self.hist.borrow_mut().record(d);
     }
+
+    /// With an access log: the request's fields, captured from its head
+    /// (storage reused from a per-worker free list). `None` without one.
+    pub fn access_fields(&self, head: &[u8]) -> Option<access_log::Fields> {
+        let a = self.access.as_ref()?;
+        let mut f = a.borrow_mut().free_fields.pop().unwrap_or_default();
+        f.capture(head);
+        Some(f)
+    }
+
+    /// Returns unused fields to the free list.
+    pub fn give_fields(&self, f: access_log::Fields) {
+        if let Some(a) = &self.access {
+            let mut a = a.borrow_mut();
+            if a.free_fields.len() < 256 {
+                a.free_fields.push(f);
+            }
+        }
+    }
+
+    /// Appends an access-log line (and hands the buffer to the writer when
+    /// full).
+    pub fn access_log(
+        &self,
+        client: SocketAddr,
+        fields: access_log::Fields,
+        status: u16,
+        body_bytes: u64,
+        duration: Duration,
+        upstream: Option<SocketAddr>,
+    ) {
+        let Some(a) = &self.access else { return };
+        let mut a = a.borrow_mut();
+        let entry = access_log::Entry {
+            client: client.ip(),
+            fields: &fields,
+            status,
+            body_bytes,
+            duration,
+            upstream,
+        };
+        a.log.push(&entry, std::time::SystemTime::now());
+        if a.log.buf.len() >= access_log::FLUSH_BYTES {
+            Self::flush_access(&mut a);
+        }
+        if a.free_fields.len() < 256 {
+            a.free_fields.push(fields);
+        }
+    }
+
+    fn flush_access(a: &mut AccessState) {
+        if !a.log.buf.is_empty() {
+            let full = std::mem::take(&mut a.log.buf);
+            a.log.buf = a.link.swap(full);
+        }
+    }
+}
+
+/// What connects a worker to the rest of the process for metrics.
+pub struct WorkerLinks {
+    /// The worker's counter block.
+    pub metrics: Arc<WorkerMetrics>,
+    /// Where SIGUSR1 dumps go.
+    pub dump_tx: std::sync::mpsc::Sender<Reply>,
+    /// Where scrape snapshots go.
+    pub scrape_tx: std::sync::mpsc::Sender<Reply>,
+    /// The access log's format and channel, when configured.
+    pub access: Option<(access_log::Format, access_log::WorkerLink)>,
 }
 
 /// Which ring setup flags a worker ended up with.
@@ -202,10 +289,12 @@ pub fn spawn(
     config: Arc<Config>,
     shared: Arc<Shared>,
     listeners: Vec<Vec<(std::net::TcpListener, usize)>>,
+    mut links: Vec<WorkerLinks>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    links.truncate(listeners.len());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(listeners.len());
-    for (id, socks) in listeners.into_iter().enumerate() {
+    for ((id, socks), link) in listeners.into_iter().enumerate().zip(links) {
         let config = config.clone();
         let shared = shared.clone();
         let core = if cores.is_empty() {
@@ -215,7 +304,7 @@ pub fn spawn(
         };
         let h = std::thread::Builder::new()
             .name(format!("lbd-worker-{id}"))
-            .spawn(move || run(id, core, config, shared, socks))?;
+            .spawn(move || run(id, core, config, shared, socks, link))?;
         handles.push(h);
     }
     Ok(handles)
@@ -227,6 +316,7 @@ fn run(
     config: Arc<Config>,
     shared: Arc<Shared>,
     socks: Vec<(std::net::TcpListener, usize)>,
+    link: WorkerLinks,
 ) {
     let pinned = match core {
         Some(c) => {
@@ -266,7 +356,7 @@ fn run(
             match build_uring(flags) {
                 Ok(mut rt) => {
                     log::info!("worker {id}: io_uring driver, ring flags {flags}, {pinned}");
-                    rt.block_on(serve(id, config, shared, socks));
+                    rt.block_on(serve(id, config, shared, socks, link));
                     return;
                 }
                 Err(e) => log::debug!("worker {id}: io_uring with {flags} refused: {e}"),
@@ -286,7 +376,7 @@ fn run(
     {
         Ok(mut rt) => {
             log::info!("worker {id}: epoll (legacy) driver, {pinned}");
-            rt.block_on(serve(id, config, shared, socks));
+            rt.block_on(serve(id, config, shared, socks, link));
         }
         Err(e) => {
             log::error!("worker {id}: cannot build any runtime: {e}");
@@ -300,8 +390,9 @@ async fn serve(
     config: Arc<Config>,
     shared: Arc<Shared>,
     socks: Vec<(std::net::TcpListener, usize)>,
+    link: WorkerLinks,
 ) {
-    let ctx = Rc::new(WorkerCtx::new(config, shared));
+    let ctx = Rc::new(WorkerCtx::new(config, shared, link));
     // Cancels every accept at once when draining; a cancelled accept is still
     // awaited, so a connection accepted in the race is served, never leaked.
     let canceller = Canceller::new();
@@ -341,7 +432,20 @@ async fn serve(
             reaper.idle.sweep(std::time::Instant::now());
         }
     });
-    // Watch for shutdown (a plain load every 50 ms, off the request path).
+    // Housekeeping every 50 ms, off the request path: answer histogram
+    // requests, watch for shutdown (plain loads).
+    let housekeeping = ctx.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            let c = &housekeeping;
+            c.hist.borrow_mut().answer(&c.shared.requests);
+            if let Some(a) = &c.access {
+                WorkerCtx::flush_access(&mut a.borrow_mut());
+            }
+            c.metrics.connections_active.set(c.active.get() as u64);
+        }
+    });
     while !ctx.shutting_down() {
         monoio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -388,6 +492,7 @@ async fn accept_loop(
                     continue;
                 }
                 ctx.active.set(ctx.active.get() + 1);
+                ctx.metrics.connections_total.inc();
                 let c = ctx.clone();
                 monoio::spawn(async move {
                     crate::session::serve(c.clone(), stream, peer, group).await;

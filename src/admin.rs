@@ -1,0 +1,124 @@
+//! The admin endpoint: `GET /metrics` (Prometheus text) and `GET /health`.
+//!
+//! A small thread of its own with blocking sockets, one connection at a time
+//! with short timeouts: it never runs on a worker and never slows the data
+//! path. A scrape sums the workers' counter blocks (plain atomic loads) and
+//! asks each worker, through an epoch and a channel, for a copy of its
+//! cumulative latency histogram.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metrics::{self, Reply, WorkerMetrics};
+use crate::worker::Shared;
+
+/// Binds the admin address (on the main thread, so a bad address fails start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Serves the admin endpoint forever on its own thread.
+pub fn spawn(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    workers: Vec<Arc<WorkerMetrics>>,
+    scrapes: Receiver<Reply>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("lbd-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if let Err(e) = handle(conn, &config, &shared, &workers, &scrapes) {
+                    log::debug!("admin: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn handle(
+    mut conn: TcpStream,
+    config: &Config,
+    shared: &Shared,
+    workers: &[Arc<WorkerMetrics>],
+    scrapes: &Receiver<Reply>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
+        && !buf[..len].windows(2).any(|w| w == b"\n\n")
+    {
+        if len == buf.len() {
+            return respond(&mut conn, 431, "text/plain", "request head too large\n");
+        }
+        let n = conn.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or(&[]);
+    let path = parts.next().unwrap_or(&[]);
+    let path = path.split(|&b| b == b'?').next().unwrap_or(&[]);
+    if method != b"GET" && method != b"HEAD" {
+        return respond(&mut conn, 405, "text/plain", "method not allowed\n");
+    }
+    match path {
+        b"/metrics" => {
+            let epoch = shared.requests.scrape.fetch_add(1, Ordering::AcqRel) + 1;
+            let live = workers.len();
+            let (latency, _) = metrics::collect(scrapes, epoch, live, Duration::from_secs(1));
+            let body = metrics::prometheus(&metrics::Scrape {
+                config,
+                workers,
+                health: &shared.health,
+                latency: &latency,
+            });
+            respond(
+                &mut conn,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+        }
+        b"/health" => {
+            if shared.shutdown.load(Ordering::Relaxed) {
+                respond(&mut conn, 503, "text/plain", "draining\n")
+            } else {
+                respond(&mut conn, 200, "text/plain", "ok\n")
+            }
+        }
+        _ => respond(&mut conn, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())
+}

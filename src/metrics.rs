@@ -1,0 +1,560 @@
+//! Metrics: per-worker counters and latency histograms, merged on demand.
+//!
+//! Each worker owns a [`WorkerMetrics`] block and is its only writer: a counter
+//! increment is a relaxed load and store of an atomic no other core writes
+//! (no locked instruction, no shared cache line: the block is 64-byte
+//! aligned and heap-allocated per worker). Readers (the admin thread) sum the
+//! blocks at scrape time. Latency goes into a plain, worker-local
+//! `hdrhistogram` (µs, 3 significant digits): no atomic at all.
+//!
+//! Histograms leave a worker only when asked: the signal thread (SIGUSR1) or
+//! the admin thread (scrape) bumps an epoch in [`Requests`]; each worker's
+//! 50 ms housekeeping timer notices and sends a copy over a channel. For a
+//! SIGUSR1 dump the worker sends its *interval* histogram and starts a new one
+//! (HdrHistogram's interval convention: each dump covers the time since the
+//! previous one); scrapes get the cumulative histogram. An idle worker answers
+//! within one timer period; a busy one pays one histogram copy.
+//!
+//! This module also writes HdrHistogram's percentile-distribution (`.hgrm`)
+//! text format and the Prometheus text exposition.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+use crate::config::Config;
+use crate::health::HealthMap;
+
+/// Highest latency recorded (1 hour, in µs); larger values are clamped.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Significant digits kept.
+pub const SIGFIG: u8 = 3;
+
+/// A fresh latency histogram.
+pub fn new_histogram() -> Histogram<u64> {
+    // Constant bounds that `new_with_bounds` always accepts (low ≥ 1,
+    // high ≥ 2 × low, sigfig ≤ 5): no input or environment can fail this.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG)
+        .expect("constant histogram bounds are valid")
+}
+
+/// A counter with exactly one writing thread.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one. Only the owning worker calls this: a plain load and store,
+    /// no read-modify-write.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n` (owning worker only).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sets the value (owning worker only; gauges).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Reads the value (any thread).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-backend counters of one worker.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Requests sent to the backend.
+    pub requests: Counter,
+    /// Failed connects (refused, timed out).
+    pub connect_errors: Counter,
+    /// Requests that reused a pooled connection.
+    pub pool_reuse: Counter,
+    /// New upstream connections opened.
+    pub new_connections: Counter,
+}
+
+/// One worker's counters. Written by that worker only.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct WorkerMetrics {
+    /// Responses sent to clients by status class: index 1..=5 for 1xx..5xx.
+    pub responses: [Counter; 6],
+    /// Client connections open now (gauge).
+    pub connections_active: Counter,
+    /// Client connections accepted.
+    pub connections_total: Counter,
+    /// By global backend id.
+    pub backends: Box<[BackendCounters]>,
+}
+
+impl WorkerMetrics {
+    /// Counters for `backends` backends.
+    pub fn new(backends: usize) -> Self {
+        WorkerMetrics {
+            responses: Default::default(),
+            connections_active: Counter::default(),
+            connections_total: Counter::default(),
+            backends: (0..backends).map(|_| BackendCounters::default()).collect(),
+        }
+    }
+
+    /// Counts one response with `status`.
+    #[inline]
+    pub fn response(&self, status: u16) {
+        let class = (status / 100) as usize;
+        self.responses[if (1..=5).contains(&class) { class } else { 0 }].inc();
+    }
+
+    /// Counters of backend `id` (a dummy for an out-of-range id).
+    #[inline]
+    pub fn backend(&self, id: usize) -> &BackendCounters {
+        static NONE: BackendCounters = BackendCounters {
+            requests: Counter(AtomicU64::new(0)),
+            connect_errors: Counter(AtomicU64::new(0)),
+            pool_reuse: Counter(AtomicU64::new(0)),
+            new_connections: Counter(AtomicU64::new(0)),
+        };
+        self.backends.get(id).unwrap_or(&NONE)
+    }
+}
+
+/// Epochs other threads bump to ask workers for histograms.
+#[derive(Debug, Default)]
+pub struct Requests {
+    /// SIGUSR1 dumps requested so far.
+    pub dump: AtomicU64,
+    /// Scrapes requested so far.
+    pub scrape: AtomicU64,
+}
+
+/// A worker's reply: which epoch it answers, and the histogram.
+pub type Reply = (u64, Histogram<u64>);
+
+/// The worker side: its histograms and reply channels.
+pub struct WorkerHistograms {
+    /// Since the last dump.
+    pub interval: Histogram<u64>,
+    /// Since start, excluding `interval`.
+    total: Histogram<u64>,
+    seen_dump: u64,
+    seen_scrape: u64,
+    dump_tx: Sender<Reply>,
+    scrape_tx: Sender<Reply>,
+}
+
+impl WorkerHistograms {
+    /// A worker's histograms, replying on these channels.
+    pub fn new(dump_tx: Sender<Reply>, scrape_tx: Sender<Reply>) -> Self {
+        WorkerHistograms {
+            interval: new_histogram(),
+            total: new_histogram(),
+            seen_dump: 0,
+            seen_scrape: 0,
+            dump_tx,
+            scrape_tx,
+        }
+    }
+
+    /// Records one request's latency.
+    #[inline]
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        self.interval.saturating_record(us);
+    }
+
+    /// Answers pending dump and scrape requests (called from the worker's
+    /// housekeeping timer).
+    pub fn answer(&mut self, req: &Requests) {
+        let dump = req.dump.load(Ordering::Acquire);
+        if dump != self.seen_dump {
+            self.seen_dump = dump;
+            let fresh = Histogram::new_from(&self.interval);
+            let done = std::mem::replace(&mut self.interval, fresh);
+            let _ = self.total.add(&done);
+            let _ = self.dump_tx.send((dump, done));
+        }
+        let scrape = req.scrape.load(Ordering::Acquire);
+        if scrape != self.seen_scrape {
+            self.seen_scrape = scrape;
+            let mut all = self.total.clone();
+            let _ = all.add(&self.interval);
+            let _ = self.scrape_tx.send((scrape, all));
+        }
+    }
+}
+
+/// Collects one reply per worker for `epoch`, waiting at most `limit`.
+/// Returns the merged histogram and how many workers answered.
+pub fn collect(
+    rx: &Receiver<Reply>,
+    epoch: u64,
+    workers: usize,
+    limit: Duration,
+) -> (Histogram<u64>, usize) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut merged = new_histogram();
+    let mut got = 0;
+    while got < workers {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok((e, h)) if e == epoch => {
+                let _ = merged.add(&h);
+                got += 1;
+            }
+            Ok(_) => {} // a late answer to an earlier request
+            Err(_) => break,
+        }
+    }
+    (merged, got)
+}
+
+/// Writes `h` in HdrHistogram's percentile-distribution format (values in
+/// µs), with a comment line naming the interval.
+pub fn hgrm(h: &Histogram<u64>, start: SystemTime, end: SystemTime) -> String {
+    let mut out = String::new();
+    let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let _ = writeln!(
+        out,
+        "#[Interval start: {} ms since epoch, end: {} ms since epoch; values in microseconds]",
+        ms(start),
+        ms(end)
+    );
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let sig = SIGFIG as usize;
+    let mut cumulative = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            cumulative += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64;
+            if q < 1.0 {
+                let _ = writeln!(
+                    out,
+                    "{value:12.sig$} {q:2.12} {cumulative:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(out, "{value:12.sig$} {q:2.12} {cumulative:10}");
+            }
+        }
+    }
+    let mean = if !h.is_empty() { h.mean() } else { 0.0 };
+    let stdev = if !h.is_empty() { h.stdev() } else { 0.0 };
+    let _ = writeln!(
+        out,
+        "#[Mean    = {mean:12.sig$}, StdDeviation   = {stdev:12.sig$}]"
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.sig$}, Total count    = {:12}]",
+        h.max() as f64,
+        h.len()
+    );
+    let sub_buckets = (2 * 10u64.pow(SIGFIG as u32)).next_power_of_two();
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        sub_buckets
+    );
+    out
+}
+
+/// One-line summary for the log.
+pub fn summary(h: &Histogram<u64>) -> String {
+    format!(
+        "count={} p50={}us p90={}us p99={}us p99.9={}us max={}us",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+/// Writes `text` to `path` atomically (temp file in the same directory, then
+/// rename).
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Where SIGUSR1 dumps go: `histogram_file`, else `lbd-latency.hgrm` beside
+/// `error_log`, else in the working directory.
+pub fn histogram_path(config: &Config) -> PathBuf {
+    if let Some(p) = &config.histogram_file {
+        return p.clone();
+    }
+    let name = "lbd-latency.hgrm";
+    match config.error_log.as_ref().and_then(|p| p.parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Everything a scrape reads.
+pub struct Scrape<'a> {
+    /// The config (names of groups and backends).
+    pub config: &'a Config,
+    /// Every worker's counters.
+    pub workers: &'a [std::sync::Arc<WorkerMetrics>],
+    /// Health bits and check failure counts.
+    pub health: &'a HealthMap,
+    /// Cumulative latency, merged across workers.
+    pub latency: &'a Histogram<u64>,
+}
+
+/// A per-backend metric family: name, type, help, getter.
+type Family = (&'static str, &'static str, &'static str, fn(&BackendCounters) -> u64);
+
+fn sum(workers: &[std::sync::Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+    workers.iter().map(|w| f(w)).sum()
+}
+
+/// Renders the Prometheus text exposition (format 0.0.4).
+pub fn prometheus(s: &Scrape<'_>) -> String {
+    let mut o = String::with_capacity(4096);
+    let w = s.workers;
+    let _ = writeln!(
+        o,
+        "# HELP lbd_requests_total Responses sent to clients, by status class."
+    );
+    let _ = writeln!(o, "# TYPE lbd_requests_total counter");
+    for (i, class) in ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(
+            o,
+            "lbd_requests_total{{code=\"{class}\"}} {}",
+            sum(w, |m| m.responses[i].get())
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbd_connections_active Client connections open now."
+    );
+    let _ = writeln!(o, "# TYPE lbd_connections_active gauge");
+    let _ = writeln!(
+        o,
+        "lbd_connections_active {}",
+        sum(w, |m| m.connections_active.get())
+    );
+    let _ = writeln!(
+        o,
+        "# HELP lbd_connections_total Client connections accepted."
+    );
+    let _ = writeln!(o, "# TYPE lbd_connections_total counter");
+    let _ = writeln!(
+        o,
+        "lbd_connections_total {}",
+        sum(w, |m| m.connections_total.get())
+    );
+
+    let families: [Family; 4] = [
+        (
+            "lbd_upstream_requests_total",
+            "counter",
+            "Requests sent to each backend.",
+            |b| b.requests.get(),
+        ),
+        (
+            "lbd_upstream_connect_errors_total",
+            "counter",
+            "Failed connects to each backend (refused or timed out).",
+            |b| b.connect_errors.get(),
+        ),
+        (
+            "lbd_upstream_pool_reuse_total",
+            "counter",
+            "Requests sent on a reused pooled upstream connection.",
+            |b| b.pool_reuse.get(),
+        ),
+        (
+            "lbd_upstream_connections_new_total",
+            "counter",
+            "New upstream connections opened.",
+            |b| b.new_connections.get(),
+        ),
+    ];
+    let backends: Vec<(usize, &str, &str)> = {
+        let mut v = Vec::new();
+        let mut id = 0;
+        for up in &s.config.upstreams {
+            for b in &up.backends {
+                v.push((id, up.name.as_str(), b.name.as_str()));
+                id += 1;
+            }
+        }
+        v
+    };
+    for (name, kind, help, get) in families {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for &(id, group, backend) in &backends {
+            let _ = writeln!(
+                o,
+                "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                escape(group),
+                escape(backend),
+                sum(w, |m| get(m.backend(id)))
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbd_backend_up 1 if the backend is eligible per health checks."
+    );
+    let _ = writeln!(o, "# TYPE lbd_backend_up gauge");
+    for &(id, group, backend) in &backends {
+        let _ = writeln!(
+            o,
+            "lbd_backend_up{{upstream=\"{}\",backend=\"{}\"}} {}",
+            escape(group),
+            escape(backend),
+            u8::from(s.health.is_up(id))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbd_health_check_failures_total Failed active health checks."
+    );
+    let _ = writeln!(o, "# TYPE lbd_health_check_failures_total counter");
+    for &(id, group, backend) in &backends {
+        let _ = writeln!(
+            o,
+            "lbd_health_check_failures_total{{upstream=\"{}\",backend=\"{}\"}} {}",
+            escape(group),
+            escape(backend),
+            s.health.check_failures(id)
+        );
+    }
+    let h = s.latency;
+    let _ = writeln!(
+        o,
+        "# HELP lbd_request_duration_seconds Request latency, head read to last response byte written."
+    );
+    let _ = writeln!(o, "# TYPE lbd_request_duration_seconds summary");
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = if !h.is_empty() {
+            h.value_at_quantile(q)
+        } else {
+            0
+        };
+        let _ = writeln!(
+            o,
+            "lbd_request_duration_seconds{{quantile=\"{q}\"}} {}",
+            v as f64 / 1e6
+        );
+    }
+    let total_us = if !h.is_empty() {
+        h.mean() * h.len() as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(o, "lbd_request_duration_seconds_sum {}", total_us / 1e6);
+    let _ = writeln!(o, "lbd_request_duration_seconds_count {}", h.len());
+    o
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_format_has_four_columns_and_footer() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.saturating_record(v);
+        }
+        let t = SystemTime::now();
+        let text = hgrm(&h, t, t);
+        let mut rows = 0;
+        let mut last_count = 0;
+        for line in text.lines() {
+            if line.starts_with('#')
+                || line.trim().is_empty()
+                || line.trim_start().starts_with("Value")
+            {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert!(f.len() == 4 || f.len() == 3, "{line}");
+            last_count = f[2].parse::<u64>().unwrap();
+            rows += 1;
+        }
+        assert!(rows > 10);
+        assert_eq!(last_count, 1000);
+        assert!(text.contains("#[Mean    ="));
+        assert!(text.contains("Total count    =         1000]"));
+        assert!(text.contains("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn counters_and_classes() {
+        let m = WorkerMetrics::new(2);
+        m.response(200);
+        m.response(204);
+        m.response(502);
+        m.response(99);
+        assert_eq!(m.responses[2].get(), 2);
+        assert_eq!(m.responses[5].get(), 1);
+        assert_eq!(m.responses[0].get(), 1);
+        m.backend(1).requests.inc();
+        m.backend(7).requests.inc(); // out of range: ignored
+        assert_eq!(m.backend(1).requests.get(), 1);
+    }
+
+    #[test]
+    fn interval_dumps_reset_but_scrapes_accumulate() {
+        let (dtx, drx) = std::sync::mpsc::channel();
+        let (stx, srx) = std::sync::mpsc::channel();
+        let mut w = WorkerHistograms::new(dtx, stx);
+        let req = Requests::default();
+        for _ in 0..5 {
+            w.record(Duration::from_micros(100));
+        }
+        req.dump.store(1, Ordering::Release);
+        w.answer(&req);
+        let (h, n) = collect(&drx, 1, 1, Duration::from_secs(1));
+        assert_eq!((h.len(), n), (5, 1));
+        for _ in 0..3 {
+            w.record(Duration::from_micros(100));
+        }
+        req.dump.store(2, Ordering::Release);
+        req.scrape.store(1, Ordering::Release);
+        w.answer(&req);
+        assert_eq!(collect(&drx, 2, 1, Duration::from_secs(1)).0.len(), 3);
+        assert_eq!(collect(&srx, 1, 1, Duration::from_secs(1)).0.len(), 8);
+    }
+}
