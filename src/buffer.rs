@@ -42,6 +42,69 @@ pub fn give(mut buf: Vec<u8>) {
     });
 }
 
+/// Bytes read from a socket, with a consumed prefix.
+pub struct InBuf {
+    /// The bytes (consumed prefix included).
+    pub v: Vec<u8>,
+    /// Start of the unconsumed bytes.
+    pub pos: usize,
+}
+
+impl Default for InBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InBuf {
+    /// A buffer from the free list.
+    pub fn new() -> Self {
+        InBuf { v: take(), pos: 0 }
+    }
+
+    /// The unconsumed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.v[self.pos..]
+    }
+
+    /// True when everything was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.v.len()
+    }
+
+    /// Marks `n` bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.v.len() {
+            self.v.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Makes room for at least one more byte, growing up to `limit` bytes.
+    /// Returns false if the buffer is full at `limit`.
+    pub fn make_room(&mut self, limit: usize) -> bool {
+        if self.pos > 0 {
+            self.v.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.v.len() < self.v.capacity() {
+            return true;
+        }
+        if self.v.len() >= limit {
+            return false;
+        }
+        let want = (self.v.capacity() * 2).clamp(BUF_SIZE, limit) - self.v.len();
+        self.v.reserve_exact(want);
+        true
+    }
+
+    /// Returns the storage to the free list.
+    pub fn release(self) {
+        give(self.v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

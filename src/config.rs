@@ -187,6 +187,49 @@ struct RawListener {
     /// listen(2) backlog per socket (capped by `net.core.somaxconn`). Default 4096.
     #[serde(default)]
     backlog: Option<i32>,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    tls: Option<RawListenerTls>,
+}
+
+/// `listeners[i].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    /// Default certificate chain (PEM, leaf first).
+    cert_file: PathBuf,
+    /// Its private key (PEM).
+    key_file: PathBuf,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    sni: Vec<RawSniCert>,
+    /// Handshake deadline. Default 10000.
+    #[serde(default)]
+    handshake_timeout_ms: Option<u64>,
+}
+
+/// `listeners[i].tls.sni[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSniCert {
+    /// Server names (exact match) that select this certificate.
+    names: Vec<String>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// `upstreams.<name>.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    /// SNI sent, and the name the certificate must match.
+    sni: String,
+    /// CA bundle (PEM). Default: the webpki root set.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    /// Verify the backend certificate. Default true.
+    #[serde(default)]
+    verify: Option<bool>,
 }
 
 /// One `upstreams:` group.
@@ -199,6 +242,12 @@ struct RawUpstream {
     /// Active health checks; none means every backend is always eligible.
     #[serde(default)]
     health_check: Option<RawHealthCheck>,
+    /// Speak TLS to the backends.
+    #[serde(default)]
+    tls: Option<RawUpstreamTls>,
+    /// Host header sent upstream. Default: the client's Host.
+    #[serde(default)]
+    host: Option<String>,
 }
 
 /// `upstreams.<name>.health_check`.
@@ -340,6 +389,8 @@ pub struct ListenerConfig {
     pub upstream: usize,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// TLS material and handshake timeout, if the listener terminates TLS.
+    pub tls: Option<(crate::tls::TlsMaterial, Duration)>,
 }
 
 /// A validated upstream group.
@@ -351,6 +402,10 @@ pub struct UpstreamConfig {
     pub backends: Vec<BackendConfig>,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheckConfig>,
+    /// Upstream TLS material, if the group speaks TLS.
+    pub tls: Option<crate::tls::TlsMaterial>,
+    /// `host`: Host header override.
+    pub host: Option<String>,
 }
 
 /// What a health check does.
@@ -499,6 +554,13 @@ fn parse_address(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
             .next()
             .ok_or_else(|| invalid(key, s, "host name resolved to no address")),
         Err(e) => Err(invalid(key, s, format!("cannot resolve: {e}"))),
+    }
+}
+
+fn tls_invalid(e: crate::tls::TlsError) -> ConfigError {
+    match e {
+        crate::tls::TlsError::File { key, path, reason } => invalid(key, path.display(), reason),
+        crate::tls::TlsError::Rustls { key, reason } => invalid(key, "(file)", reason),
     }
 }
 
@@ -704,10 +766,39 @@ fn validate(
             None => None,
             Some(h) => Some(validate_health(name, h)?),
         };
+        let tls = match &up.tls {
+            None => None,
+            Some(t) => {
+                let verify = t.verify.unwrap_or(true);
+                if !verify {
+                    warnings.push(format!(
+                        "upstreams.{name}.tls.verify is false: backend certificates are NOT verified; \
+                         anyone on the path can impersonate these backends"
+                    ));
+                }
+                let ut = crate::tls::UpstreamTls {
+                    sni: t.sni.clone(),
+                    ca_file: t.ca_file.clone(),
+                    verify,
+                };
+                Some(crate::tls::load_upstream(name, &ut).map_err(tls_invalid)?)
+            }
+        };
+        if let Some(h) = &up.host {
+            if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
+                return Err(invalid(
+                    format!("upstreams.{name}.host"),
+                    h,
+                    "must be a host name",
+                ));
+            }
+        }
         upstreams.push(UpstreamConfig {
             name: name.clone(),
             backends,
             health_check,
+            tls,
+            host: up.host.clone(),
         });
     }
 
@@ -757,10 +848,42 @@ fn validate(
                 "must be at least 1",
             ));
         }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let hs = match t.handshake_timeout_ms {
+                    None => Duration::from_secs(10),
+                    Some(n) if (1..=600_000).contains(&n) => Duration::from_millis(n),
+                    Some(n) => {
+                        return Err(invalid(
+                            format!("listeners[{i}].tls.handshake_timeout_ms"),
+                            n,
+                            "must be from 1 to 600000",
+                        ))
+                    }
+                };
+                let lt = crate::tls::ListenerTls {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    sni: t
+                        .sni
+                        .iter()
+                        .map(|c| crate::tls::SniCert {
+                            names: c.names.clone(),
+                            cert_file: c.cert_file.clone(),
+                            key_file: c.key_file.clone(),
+                        })
+                        .collect(),
+                    handshake_timeout: hs,
+                };
+                Some((crate::tls::load_listener(i, &lt).map_err(tls_invalid)?, hs))
+            }
+        };
         listeners.push(ListenerConfig {
             address,
             upstream,
             backlog,
+            tls,
         });
     }
 

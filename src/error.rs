@@ -43,6 +43,9 @@ pub enum ErrorKind {
     /// Connecting to the backend timed out (nothing was sent).
     #[error("connect to upstream timed out")]
     ConnectTimeout,
+    /// The TLS handshake with the backend failed (nothing was sent).
+    #[error("TLS handshake with upstream failed: {0}")]
+    TlsHandshake(std::io::Error),
     /// No backend could be tried.
     #[error("no upstream available")]
     NoUpstream,
@@ -111,6 +114,7 @@ impl ProxyError {
             ErrorKind::ClientTimeout => 408,
             ErrorKind::ClientIo(_) => return None,
             ErrorKind::ConnectFailed(_)
+            | ErrorKind::TlsHandshake(_)
             | ErrorKind::UpstreamIo(_)
             | ErrorKind::UpstreamClosed
             | ErrorKind::BadResponse(_)
@@ -126,7 +130,7 @@ impl ProxyError {
     pub fn nothing_sent(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::ConnectFailed(_) | ErrorKind::ConnectTimeout
+            ErrorKind::ConnectFailed(_) | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake(_)
         )
     }
 }

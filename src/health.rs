@@ -110,14 +110,48 @@ struct Target {
 
 struct GroupChecks {
     check: HealthCheckConfig,
+    tls: CheckTls,
     targets: Vec<Target>,
 }
 
-/// Runs one check; `Err` carries the reason for the log.
-pub fn check_once(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
+/// TLS settings for checking a TLS group: the checker's own client config.
+pub type CheckTls = Option<(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+)>;
+
+/// Runs one check; `Err` carries the reason for the log. For a TLS group the
+/// check includes the handshake (tcp kind) or runs over TLS (http kind).
+pub fn check_once(
+    address: SocketAddr,
+    check: &HealthCheckConfig,
+    tls: &CheckTls,
+) -> Result<(), String> {
     let deadline = Instant::now() + check.timeout;
-    let mut stream =
-        TcpStream::connect_timeout(&address, check.timeout).map_err(|e| describe(&e))?;
+    let tcp = TcpStream::connect_timeout(&address, check.timeout).map_err(|e| describe(&e))?;
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    tcp.set_read_timeout(Some(remaining()))
+        .map_err(|e| describe(&e))?;
+    tcp.set_write_timeout(Some(remaining()))
+        .map_err(|e| describe(&e))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| format!("TLS: {e}"))?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            while s.conn.is_handshaking() {
+                s.conn
+                    .complete_io(&mut s.sock)
+                    .map_err(|e| format!("TLS handshake: {}", describe(&e)))?;
+            }
+            Box::new(s)
+        }
+    };
     match &check.kind {
         CheckKind::Tcp => Ok(()),
         CheckKind::Http {
@@ -129,22 +163,12 @@ pub fn check_once(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), 
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbd-health-check\r\nConnection: close\r\n\r\n"
             );
-            let remaining = || {
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
-            };
-            stream
-                .set_write_timeout(Some(remaining()))
-                .map_err(|e| describe(&e))?;
             stream.write_all(req.as_bytes()).map_err(|e| describe(&e))?;
+            stream.flush().map_err(|e| describe(&e))?;
             // Read until the status line is complete.
             let mut buf = [0u8; 512];
             let mut len = 0;
             loop {
-                stream
-                    .set_read_timeout(Some(remaining()))
-                    .map_err(|e| describe(&e))?;
                 let n = stream.read(&mut buf[len..]).map_err(|e| describe(&e))?;
                 if n == 0 {
                     return Err("connection closed before a status line".into());
@@ -167,6 +191,10 @@ pub fn check_once(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), 
         }
     }
 }
+
+/// A blocking byte stream: TCP or TLS over TCP.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn parse_status(b: &[u8]) -> Option<u16> {
     let line = b.split(|&c| c == b'\n').next()?;
@@ -222,6 +250,7 @@ impl Checker {
                     .collect();
                 groups.push(GroupChecks {
                     check: check.clone(),
+                    tls: up.tls.as_ref().and_then(crate::tls::client_config),
                     targets,
                 });
             }
@@ -242,9 +271,9 @@ impl Checker {
                     g.targets
                         .iter()
                         .map(|t| {
-                            let check = &g.check;
+                            let (check, tls) = (&g.check, &g.tls);
                             let addr = t.address;
-                            s.spawn(move || check_once(addr, check))
+                            s.spawn(move || check_once(addr, check, tls))
                         })
                         .collect()
                 })
@@ -305,7 +334,7 @@ impl Checker {
                         .map(|&(gi, ti)| {
                             let g = &groups[gi];
                             let addr = g.targets[ti].address;
-                            s.spawn(move || check_once(addr, &g.check))
+                            s.spawn(move || check_once(addr, &g.check, &g.tls))
                         })
                         .collect();
                     hs.into_iter()
@@ -535,9 +564,9 @@ mod tests {
             rise: 1,
             fall: 1,
         };
-        assert!(check_once(addr, &check).is_ok());
+        assert!(check_once(addr, &check, &None).is_ok());
         drop(l);
-        let e = check_once(addr, &check).unwrap_err();
+        let e = check_once(addr, &check, &None).unwrap_err();
         assert_eq!(e, "connection refused");
     }
 }

@@ -10,6 +10,9 @@
 //! * [`session`]: one client connection's request loop (the data path).
 //! * [`http`]: the sans-I/O HTTP/1.1 codec: request and response heads,
 //!   framing, chunked bodies, header rewriting.
+//! * [`tls`]: rustls configs for listeners and upstream groups.
+//! * [`stream`]: a connection as the data path sees it: TCP, or TLS driven
+//!   by lbd over TCP.
 //! * [`upstream`]: backends, the per-worker round-robin cursor
 //!   ([`upstream::select`]) and idle connection pool ([`upstream::pool`]).
 //! * [`buffer`]: the per-worker I/O buffer free list.
@@ -42,6 +45,8 @@ pub mod logging;
 pub mod metrics;
 pub mod session;
 pub mod signals;
+pub mod stream;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod worker;

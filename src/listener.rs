@@ -49,7 +49,7 @@ fn probe(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// Binds every listener once per worker. Result: `workers` lists of
-/// `(socket, upstream group index)`.
+/// `(socket, index of its entry under listeners:)`.
 pub fn bind_all(
     config: &Config,
     workers: usize,
@@ -73,7 +73,7 @@ pub fn bind_all(
                     addr = local;
                 }
             }
-            w.push((s.into(), l.upstream));
+            w.push((s.into(), index));
         }
         log::info!("listening on {addr} ({workers} SO_REUSEPORT sockets)");
     }
@@ -113,18 +113,18 @@ pub fn adopt_all(
             }
             for w in per_worker.iter_mut() {
                 let s = reuseport_socket(l.address, l.backlog).map_err(err)?;
-                w.push((s.into(), l.upstream));
+                w.push((s.into(), index));
             }
             continue;
         }
         let n = mine.len();
         for (j, sock) in mine.into_iter().enumerate() {
             sock.set_nonblocking(true).map_err(err)?;
-            per_worker[j % workers].push((sock, l.upstream));
+            per_worker[j % workers].push((sock, index));
         }
         for w in per_worker.iter_mut().skip(n) {
             let s = reuseport_socket(l.address, l.backlog).map_err(err)?;
-            w.push((s.into(), l.upstream));
+            w.push((s.into(), index));
         }
         log::info!(
             "upgrade: adopted {n} listening sockets for {}{}",

@@ -329,7 +329,12 @@ pub struct Scrape<'a> {
 }
 
 /// A per-backend metric family: name, type, help, getter.
-type Family = (&'static str, &'static str, &'static str, fn(&BackendCounters) -> u64);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendCounters) -> u64,
+);
 
 fn sum(workers: &[std::sync::Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
     workers.iter().map(|w| f(w)).sum()

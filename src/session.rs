@@ -18,12 +18,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio::time::{timeout, timeout_at, Instant};
+use monoio::time::{timeout, Instant};
 
-use crate::buffer;
+use crate::buffer::{self, InBuf};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::request::{parse_request, Forwarding, HeadLimits, Parsed, RequestHead};
@@ -31,103 +29,31 @@ use crate::http::response::{
     parse_response, RequestContext, ResponseHead, MAX_RESPONSE_HEAD_BYTES,
 };
 use crate::http::{self, Framing};
+use crate::stream::Stream;
 use crate::worker::WorkerCtx;
 
 /// How long an idle keep-alive connection stays open once draining began.
 const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Bytes read from a socket, with a consumed prefix.
-struct InBuf {
-    v: Vec<u8>,
-    pos: usize,
-}
-
-impl InBuf {
-    fn new() -> Self {
-        InBuf {
-            v: buffer::take(),
-            pos: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.v[self.pos..]
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pos >= self.v.len()
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos >= self.v.len() {
-            self.v.clear();
-            self.pos = 0;
-        }
-    }
-
-    /// Makes room for at least one more byte, growing up to `limit` bytes.
-    /// Returns false if the buffer is full at `limit`.
-    fn make_room(&mut self, limit: usize) -> bool {
-        if self.pos > 0 {
-            self.v.drain(..self.pos);
-            self.pos = 0;
-        }
-        if self.v.len() < self.v.capacity() {
-            return true;
-        }
-        if self.v.len() >= limit {
-            return false;
-        }
-        let want = (self.v.capacity() * 2).clamp(buffer::BUF_SIZE, limit) - self.v.len();
-        self.v.reserve_exact(want);
-        true
-    }
-
-    fn release(self) {
-        buffer::give(self.v);
-    }
-}
-
 /// Reads more bytes into `b` before `deadline`. `Ok(0)` is EOF.
 async fn fill(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     b: &mut InBuf,
     limit: usize,
     deadline: Instant,
 ) -> io::Result<usize> {
-    if !b.make_room(limit) {
-        return Err(io::Error::other("buffer full"));
-    }
-    let v = std::mem::take(&mut b.v);
-    let len = v.len();
-    let cap = v.capacity();
-    match timeout_at(deadline, stream.read(v.slice_mut(len..cap))).await {
-        Ok((res, slice)) => {
-            b.v = slice.into_inner();
-            res
-        }
-        // The buffer stays with the cancelled operation; the caller closes
-        // the connection after a timeout, so nothing is lost but the buffer.
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+    stream.fill(b, limit, deadline).await
 }
 
-/// Writes `buf[range]` fully within `limit`; hands the buffer back.
+/// Writes `buf[start..end]` fully within `limit`; hands the buffer back.
 async fn write_range(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
     limit: Duration,
 ) -> (io::Result<()>, Vec<u8>) {
-    if start >= end {
-        return (Ok(()), buf);
-    }
-    match timeout(limit, stream.write_all(buf.slice(start..end))).await {
-        Ok((res, slice)) => (res.map(|_| ()), slice.into_inner()),
-        Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
-    }
+    stream.write_range(buf, start, end, limit).await
 }
 
 /// Where a message body stands.
@@ -195,15 +121,30 @@ impl Body {
 
 /// An upstream connection in use.
 struct Upstream {
-    stream: TcpStream,
+    stream: Stream,
     backend: usize,
     reused: bool,
 }
 
 /// Serves one client connection until it closes, errs or times out.
-pub async fn serve(ctx: Rc<WorkerCtx>, mut client: TcpStream, peer: SocketAddr, group: usize) {
-    let _ = client.set_nodelay(true);
+pub async fn serve(
+    ctx: Rc<WorkerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    group: usize,
+) {
     let limits = &ctx.config.limits;
+    let mut client = match ctx.listener_tls(listener) {
+        None => Stream::plain(tcp),
+        Some((config, limit)) => match Stream::accept_tls(tcp, config, limit).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("{peer}: TLS handshake failed: {e}");
+                return;
+            }
+        },
+    };
     let mut cbuf: Option<InBuf> = None;
     let mut served: u64 = 0;
     loop {
@@ -228,7 +169,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, mut client: TcpStream, peer: SocketAddr, 
                 } else {
                     idle_limit
                 };
-                match ctx.idle.within(wait, client.readable(false)).await {
+                match ctx.idle.within(wait, client.readable()).await {
                     Some(Ok(())) => break,
                     Some(Err(_)) => return,
                     None if ctx.shutting_down() && !drain_window_used => continue,
@@ -266,7 +207,7 @@ struct Request {
 /// One request/response exchange. `Ok(true)`: keep the connection.
 async fn exchange(
     ctx: &Rc<WorkerCtx>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     peer: SocketAddr,
     group: usize,
     cb: &mut InBuf,
@@ -284,6 +225,7 @@ async fn exchange(
             let fwd = Forwarding {
                 client_ip: peer.ip(),
                 default_host: &first_backend,
+                host_override: ctx.host_override(group),
             };
             let hl = HeadLimits {
                 max_head_bytes: limits.max_head_bytes,
@@ -379,7 +321,7 @@ enum Failure {
 
 async fn respond_error(
     ctx: &WorkerCtx,
-    client: &mut TcpStream,
+    client: &mut Stream,
     err: &ProxyError,
     mut buf: Vec<u8>,
     limit: Duration,
@@ -393,6 +335,35 @@ async fn respond_error(
     buffer::give(buf);
 }
 
+/// Opens a new connection to `backend`: TCP within the connect timeout, then,
+/// for a TLS group, the handshake within what is left of it. Any failure
+/// here means nothing was sent.
+async fn connect(ctx: &Rc<WorkerCtx>, group: usize, backend: usize) -> Result<Stream, ProxyError> {
+    let limit = ctx.config.limits.upstream_connect_timeout;
+    let started = std::time::Instant::now();
+    let addr = ctx.backend_addr(backend);
+    let tcp = match timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(ProxyError::upstream(ErrorKind::ConnectFailed(e))),
+        Err(_) => return Err(ProxyError::upstream(ErrorKind::ConnectTimeout)),
+    };
+    match ctx.upstream_tls(group) {
+        None => Ok(Stream::plain(tcp)),
+        Some((config, name)) => {
+            let left = limit
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1));
+            match Stream::connect_tls(tcp, config, name, left).await {
+                Ok(s) => Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    Err(ProxyError::upstream(ErrorKind::ConnectTimeout))
+                }
+                Err(e) => Err(ProxyError::upstream(ErrorKind::TlsHandshake(e))),
+            }
+        }
+    }
+}
+
 /// Connects to the next eligible backend of `group`, moving on to the next
 /// when a connect fails (nothing was sent, so any method may move on). A
 /// failed connect marks the backend down on this worker at once (passive
@@ -403,7 +374,6 @@ async fn acquire(
     group: usize,
     tries: &mut usize,
 ) -> Result<Upstream, ProxyError> {
-    let limits = &ctx.config.limits;
     let max = ctx.config.max_retries;
     let mut last: Option<ProxyError> = None;
     while *tries < max {
@@ -421,14 +391,8 @@ async fn acquire(
         }
         let addr = ctx.backend_addr(backend);
         log::debug!("upstream peer is {addr}");
-        match timeout(
-            limits.upstream_connect_timeout,
-            TcpStream::connect_addr(addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match connect(ctx, group, backend).await {
+            Ok(stream) => {
                 ctx.metrics.backend(backend).new_connections.inc();
                 return Ok(Upstream {
                     stream,
@@ -436,17 +400,11 @@ async fn acquire(
                     reused: false,
                 });
             }
-            Ok(Err(e)) => {
-                log::warn!("connect to upstream {addr} failed: {e}");
+            Err(e) => {
+                log::warn!("connect to upstream {addr} failed: {}", e.kind);
                 ctx.mark_down(backend);
                 ctx.metrics.backend(backend).connect_errors.inc();
-                last = Some(ProxyError::upstream(ErrorKind::ConnectFailed(e)));
-            }
-            Err(_) => {
-                log::warn!("connect to upstream {addr} timed out");
-                ctx.mark_down(backend);
-                ctx.metrics.backend(backend).connect_errors.inc();
-                last = Some(ProxyError::upstream(ErrorKind::ConnectTimeout));
+                last = Some(e);
             }
         }
     }
@@ -459,7 +417,7 @@ async fn acquire(
 /// client the connection closes (or its body ran until close).
 async fn proxy(
     ctx: &Rc<WorkerCtx>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     group: usize,
     cb: &mut InBuf,
     obuf: Vec<u8>,
@@ -739,7 +697,7 @@ async fn proxy(
     debug_assert!(body.is_done());
 
     // 7. Reuse the upstream connection only after an exact end.
-    let clean_end = ub.is_empty();
+    let clean_end = ub.is_empty() && !up.stream.has_pending();
     ub.release();
     if resp.upstream_reusable && clean_end && !ctx.shutting_down() {
         ctx.pool.borrow_mut().checkin(up.backend, up.stream);
@@ -781,26 +739,17 @@ async fn resend(
         let addr = ctx.backend_addr(backend);
         log::debug!("pooled connection to {addr} was closed; resending on a new one");
         *tries += 1;
-        match timeout(
-            limits.upstream_connect_timeout,
-            TcpStream::connect_addr(addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match connect(ctx, group, backend).await {
+            Ok(stream) => {
+                ctx.metrics.backend(backend).new_connections.inc();
                 Some(Upstream {
                     stream,
                     backend,
                     reused: false,
                 })
             }
-            Ok(Err(e)) => {
-                log::warn!("connect to upstream {addr} failed: {e}");
-                None
-            }
-            Err(_) => {
-                log::warn!("connect to upstream {addr} timed out");
+            Err(e) => {
+                log::warn!("connect to upstream {addr} failed: {}", e.kind);
                 None
             }
         }

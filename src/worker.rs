@@ -76,6 +76,17 @@ pub struct WorkerCtx {
     pub metrics: Arc<WorkerMetrics>,
     hist: RefCell<WorkerHistograms>,
     access: Option<RefCell<AccessState>>,
+    /// Per listener: this worker's own TLS server config, if any.
+    listener_tls: Vec<Option<(Arc<rustls::ServerConfig>, Duration)>>,
+    /// Per upstream group: this worker's own TLS client config and name.
+    upstream_tls: Vec<
+        Option<(
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+    >,
+    /// Per upstream group: the Host header override.
+    host_override: Vec<Option<Vec<u8>>>,
 }
 
 /// A worker's access-log state.
@@ -95,7 +106,7 @@ impl WorkerCtx {
             config.limits.upstream_idle_timeout,
         );
         WorkerCtx {
-            config,
+            config: config.clone(),
             shared,
             upstreams: RefCell::new(upstreams),
             marks: RefCell::new(marks),
@@ -104,6 +115,25 @@ impl WorkerCtx {
             idle: IdleTimers::default(),
             metrics: links.metrics,
             hist: RefCell::new(WorkerHistograms::new(links.dump_tx, links.scrape_tx)),
+            listener_tls: config
+                .listeners
+                .iter()
+                .map(|l| {
+                    l.tls
+                        .as_ref()
+                        .and_then(|(m, t)| crate::tls::server_config(m).map(|c| (c, *t)))
+                })
+                .collect(),
+            upstream_tls: config
+                .upstreams
+                .iter()
+                .map(|u| u.tls.as_ref().and_then(crate::tls::client_config))
+                .collect(),
+            host_override: config
+                .upstreams
+                .iter()
+                .map(|u| u.host.as_ref().map(|h| h.as_bytes().to_vec()))
+                .collect(),
             access: links.access.map(|(format, link)| {
                 RefCell::new(AccessState {
                     log: access_log::WorkerLog::new(format),
@@ -161,6 +191,27 @@ impl WorkerCtx {
             .and_then(|g| ups.backends.get(g.first))
             .map(|b| b.host.clone())
             .unwrap_or_default()
+    }
+
+    /// This worker's TLS server config for `listener`, if it terminates TLS.
+    pub fn listener_tls(&self, listener: usize) -> Option<(Arc<rustls::ServerConfig>, Duration)> {
+        self.listener_tls.get(listener).cloned().flatten()
+    }
+
+    /// This worker's TLS client config for `group`, if it speaks TLS.
+    pub fn upstream_tls(
+        &self,
+        group: usize,
+    ) -> Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )> {
+        self.upstream_tls.get(group).cloned().flatten()
+    }
+
+    /// The `host` override of `group`.
+    pub fn host_override(&self, group: usize) -> Option<&[u8]> {
+        self.host_override.get(group).and_then(|h| h.as_deref())
     }
 
     /// Records one request's latency.
@@ -397,12 +448,14 @@ async fn serve(
     // awaited, so a connection accepted in the race is served, never leaked.
     let canceller = Canceller::new();
     let mut loops = Vec::new();
-    for (sock, group) in socks {
+    for (sock, listener) in socks {
+        let group = ctx.config.listeners.get(listener).map_or(0, |l| l.upstream);
         // `from_std` must run inside the runtime (it registers the fd).
         match TcpListener::from_std(sock) {
             Ok(l) => loops.push(monoio::spawn(accept_loop(
                 ctx.clone(),
                 l,
+                listener,
                 group,
                 canceller.handle(),
             ))),
@@ -471,6 +524,7 @@ async fn serve(
 async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     listener: TcpListener,
+    index: usize,
     group: usize,
     cancel: CancelHandle,
 ) {
@@ -495,7 +549,7 @@ async fn accept_loop(
                 ctx.metrics.connections_total.inc();
                 let c = ctx.clone();
                 monoio::spawn(async move {
-                    crate::session::serve(c.clone(), stream, peer, group).await;
+                    crate::session::serve(c.clone(), stream, peer, index, group).await;
                     c.active.set(c.active.get() - 1);
                 });
             }

@@ -87,6 +87,8 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     /// Host to send when the client sent none (HTTP/1.0).
     pub default_host: &'a [u8],
+    /// Host to send instead of the client's (the group's `host`).
+    pub host_override: Option<&'a [u8]>,
 }
 
 /// Result of feeding buffered bytes to the parser.
@@ -225,7 +227,11 @@ pub fn parse_request(
     out.push(b' ');
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host_out = authority.or(host).unwrap_or(fwd.default_host);
+    let host_out = fwd
+        .host_override
+        .or(authority)
+        .or(host)
+        .unwrap_or(fwd.default_host);
     push_header(out, b"Host", host_out);
     let mut xff_written = false;
     for h in headers {
@@ -400,6 +406,7 @@ mod tests {
         Forwarding {
             client_ip: "10.0.0.9".parse().unwrap(),
             default_host: b"backend:80",
+            host_override: None,
         }
     }
 
@@ -477,6 +484,27 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(3));
         assert!(out.contains("Host: x\r\n") && out.contains("Content-Length: 3\r\n"));
         assert!(out.contains("X-Forwarded-For: 10.0.0.9\r\n"), "{out}");
+    }
+
+    #[test]
+    fn host_override_replaces_client_host() {
+        let mut out = Vec::new();
+        let f = Forwarding {
+            host_override: Some(b"one.one.one.one"),
+            ..fwd()
+        };
+        let r = parse_request(
+            b"GET / HTTP/1.1\r\nHost: lb.local\r\n\r\n",
+            LIMITS,
+            f,
+            &mut out,
+        );
+        assert!(matches!(r, Ok(Parsed::Complete(_))));
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("Host: one.one.one.one\r\n") && !out.contains("lb.local"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -10,15 +10,15 @@
 //! A periodic sweep (see `worker`) closes connections idle past
 //! `limits.upstream_idle_timeout_ms`. Idle connections hold no buffer.
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
+use crate::stream::Stream;
+
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
@@ -40,7 +40,7 @@ impl Pool {
     }
 
     /// Takes the most recently used live connection to `backend`, if any.
-    pub fn checkout(&mut self, backend: usize) -> Option<TcpStream> {
+    pub fn checkout(&mut self, backend: usize) -> Option<Stream> {
         let stack = self.idle.get_mut(backend)?;
         let now = Instant::now();
         while let Some(c) = stack.pop() {
@@ -55,7 +55,7 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange completed cleanly.
-    pub fn checkin(&mut self, backend: usize, stream: TcpStream) {
+    pub fn checkin(&mut self, backend: usize, stream: Stream) {
         if let Some(stack) = self.idle.get_mut(backend) {
             if stack.len() < self.cap {
                 stack.push(Idle {
@@ -95,11 +95,11 @@ impl Pool {
 
 /// True if the peer has neither closed nor sent anything: a non-blocking
 /// one-byte peek returns EAGAIN.
-fn still_open(stream: &TcpStream) -> bool {
+fn still_open(stream: &Stream) -> bool {
     let mut byte = [0u8; 1];
     matches!(
         recv(
-            stream.as_raw_fd(),
+            stream.raw_fd(),
             &mut byte,
             MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
         ),

@@ -1,0 +1,427 @@
+//! TLS against the real binary: HTTPS upstreams with SNI and a rewritten
+//! Host, verification, pooled TLS connections, TLS listeners with SNI.
+//! Certificates are generated here with rcgen; origins speak rustls.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::{free_port, read_response, run_lbd_expect_failure, unique_temp_dir, Lbd};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A test CA that writes its certificate and issued leaves to `dir`.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        fs::write(dir.join(format!("{name}-ca.pem")), issuer.pem()).unwrap();
+        Ca {
+            issuer,
+            dir: dir.to_owned(),
+            name: name.to_string(),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join(format!("{}-ca.pem", self.name))
+    }
+
+    /// Issues a leaf for `dns`; returns (cert file, key file).
+    fn leaf(&self, dns: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![dns.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let c = self.dir.join(format!("{}-{dns}.crt", self.name));
+        let k = self.dir.join(format!("{}-{dns}.key", self.name));
+        fs::write(&c, cert.pem()).unwrap();
+        fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
+}
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// (SNI, Host) of every request an origin received.
+type Seen = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
+/// A keep-alive HTTPS origin: counts handshakes, records SNI and Host.
+struct TlsOrigin {
+    port: u16,
+    handshakes: Arc<AtomicUsize>,
+    resumed: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    seen: Seen,
+}
+
+impl TlsOrigin {
+    fn start(config: Arc<rustls::ServerConfig>) -> TlsOrigin {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let o = TlsOrigin {
+            port,
+            handshakes: Arc::new(AtomicUsize::new(0)),
+            resumed: Arc::new(AtomicUsize::new(0)),
+            requests: Arc::new(AtomicUsize::new(0)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (hs, rq, seen) = (o.handshakes.clone(), o.requests.clone(), o.seen.clone());
+        let resumed = o.resumed.clone();
+        thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (config, hs, rq, seen) = (config.clone(), hs.clone(), rq.clone(), seen.clone());
+                let resumed = resumed.clone();
+                thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, s);
+                    while tls.conn.is_handshaking() {
+                        if tls.conn.complete_io(&mut tls.sock).is_err() {
+                            return;
+                        }
+                    }
+                    hs.fetch_add(1, Ordering::SeqCst);
+                    if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let sni = tls.conn.server_name().map(str::to_string);
+                    let mut r = BufReader::new(tls);
+                    loop {
+                        let mut host = String::new();
+                        let mut first = true;
+                        loop {
+                            let mut line = String::new();
+                            match r.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if !first {
+                                if let Some((k, v)) = line.split_once(':') {
+                                    if k.eq_ignore_ascii_case("host") {
+                                        host = v.trim().to_string();
+                                    }
+                                }
+                            }
+                            first = false;
+                        }
+                        rq.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push((sni.clone(), host));
+                        let body = "secure origin";
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let w = r.get_mut();
+                        if w.write_all(resp.as_bytes()).is_err() || w.flush().is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        o
+    }
+}
+
+fn plain_get(port: u16, host: &str) -> (u16, String) {
+    let mut c = support::Client::connect(port);
+    c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let r = c.response();
+    (r.status, r.body_str())
+}
+
+#[test]
+fn https_upstream_with_sni_rewritten_host_and_pooled_connections() {
+    let dir = unique_temp_dir("tls-up");
+    let ca = Ca::new(&dir, "good");
+    let (cert, key) = ca.leaf("origin.test");
+    let origin = TlsOrigin::start(server_config(&cert, &key));
+    let port = free_port();
+    let y = format!(
+        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    host: origin.test\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
+        origin.port,
+        ca.ca_file().display()
+    );
+    let lbd = Lbd::start(&y, port, 1);
+    let mut c = lbd.client();
+    for _ in 0..10 {
+        c.send(b"GET / HTTP/1.1\r\nHost: lb.local\r\n\r\n");
+        let r = c.response();
+        assert_eq!(r.status, 200, "{}", lbd.stderr());
+        assert_eq!(r.body_str(), "secure origin");
+    }
+    // Ten requests, one TLS handshake: the connection was pooled and reused.
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 10);
+    assert_eq!(origin.handshakes.load(Ordering::SeqCst), 1);
+    for (sni, host) in origin.seen.lock().unwrap().iter() {
+        assert_eq!(sni.as_deref(), Some("origin.test"));
+        assert_eq!(host, "origin.test", "Host rewritten for the upstream");
+    }
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused_with_502() {
+    let dir = unique_temp_dir("tls-bad");
+    let trusted = Ca::new(&dir, "trusted");
+    let rogue = Ca::new(&dir, "rogue");
+    let (cert, key) = rogue.leaf("origin.test");
+    let origin = TlsOrigin::start(server_config(&cert, &key));
+    let port = free_port();
+    let y = format!(
+        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
+        origin.port,
+        trusted.ca_file().display()
+    );
+    let lbd = Lbd::start(&y, port, 1);
+    assert_eq!(plain_get(port, "x").0, 502);
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 0);
+    let log = lbd.stderr();
+    assert!(log.contains("TLS handshake with upstream failed"), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}
+
+#[test]
+fn wrong_sni_name_fails_verification() {
+    let dir = unique_temp_dir("tls-name");
+    let ca = Ca::new(&dir, "ca");
+    let (cert, key) = ca.leaf("origin.test");
+    let origin = TlsOrigin::start(server_config(&cert, &key));
+    let port = free_port();
+    let y = format!(
+        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: someone-else.test\n      ca_file: {}\n",
+        origin.port,
+        ca.ca_file().display()
+    );
+    let _lbd = Lbd::start(&y, port, 1);
+    assert_eq!(plain_get(port, "x").0, 502);
+}
+
+/// Connects to lbd's TLS listener with verification against `ca` for `sni`.
+fn tls_get(port: u16, ca: &Path, sni: &str) -> Result<(u16, String), String> {
+    let conn = rustls::ClientConnection::new(
+        client_config(ca),
+        ServerName::try_from(sni.to_string()).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let alpn = tls.conn.alpn_protocol().map(|a| a.to_vec());
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let mut r = BufReader::new(tls);
+    let resp = read_response(&mut r, false).map_err(|e| e.to_string())?;
+    Ok((resp.status, resp.body_str()))
+}
+
+#[test]
+fn tls_listener_verifies_and_picks_certificate_by_sni() {
+    let dir = unique_temp_dir("tls-lis");
+    let ca = Ca::new(&dir, "lis");
+    let (c1, k1) = ca.leaf("lb.test");
+    let (c2, k2) = ca.leaf("other.test");
+    let origin = support::Origin::start("plain");
+    let port = free_port();
+    let y = format!(
+        "threads: 2\nlisteners:\n  - address: 127.0.0.1:{port}\n    tls:\n      cert_file: {}\n      key_file: {}\n      sni:\n        - names: [other.test]\n          cert_file: {}\n          key_file: {}\nupstreams:\n  web:\n    backends: [127.0.0.1:{}]\n",
+        c1.display(),
+        k1.display(),
+        c2.display(),
+        k2.display(),
+        origin.port
+    );
+    let _lbd = Lbd::start(&y, port, 2);
+    let ca_file = ca.ca_file();
+    // Default certificate for lb.test, verified like curl would.
+    assert_eq!(
+        tls_get(port, &ca_file, "lb.test").unwrap(),
+        (200, "plain".to_string())
+    );
+    // SNI other.test gets the other certificate (verification for that
+    // name would fail with the default one).
+    assert_eq!(tls_get(port, &ca_file, "other.test").unwrap().0, 200);
+    // An unknown name gets the default certificate, which does not match it.
+    let e = tls_get(port, &ca_file, "unknown.test").unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A client that does not trust this CA refuses the server.
+    let other = Ca::new(&dir, "stranger");
+    assert!(tls_get(port, &other.ca_file(), "lb.test").is_err());
+}
+
+#[test]
+fn slow_tls_handshake_does_not_block_others() {
+    let dir = unique_temp_dir("tls-slow");
+    let ca = Ca::new(&dir, "slow");
+    let (c1, k1) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let port = free_port();
+    let y = format!(
+        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\n    tls:\n      cert_file: {}\n      key_file: {}\n      handshake_timeout_ms: 500\nupstreams:\n  web:\n    backends: [127.0.0.1:{}]\n",
+        c1.display(),
+        k1.display(),
+        origin.port
+    );
+    let _lbd = Lbd::start(&y, port, 1);
+    // A client that connects and never says hello.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(tls_get(port, &ca.ca_file(), "lb.test").unwrap().0, 200);
+    }
+    // And it is dropped after the handshake timeout.
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 1];
+    assert!(matches!(idle.read(&mut b), Ok(0) | Err(_)));
+}
+
+#[test]
+fn bad_certificate_files_are_start_errors_naming_the_file() {
+    let dir = unique_temp_dir("tls-cfg");
+    let ca = Ca::new(&dir, "cfg");
+    let (c1, k1) = ca.leaf("lb.test");
+    let (_c2, k2) = ca.leaf("mismatch.test");
+    let junk = dir.join("junk.pem");
+    fs::write(&junk, "this is not PEM").unwrap();
+    let base = |cert: &Path, key: &Path| {
+        format!(
+            "listeners:\n  - address: 127.0.0.1:{}\n    tls:\n      cert_file: {}\n      key_file: {}\nupstreams:\n  web:\n    backends: [127.0.0.1:1]\n",
+            free_port(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let (status, err) = run_lbd_expect_failure(&base(&junk, &k1), 1);
+    assert!(!status.success());
+    assert!(
+        err.contains("listeners[0].tls.cert_file") && err.contains("junk.pem"),
+        "{err}"
+    );
+    let (_, err) = run_lbd_expect_failure(&base(&c1, &k2), 1);
+    assert!(
+        err.contains("key_file") && err.contains("does not match"),
+        "{err}"
+    );
+    let (_, err) = run_lbd_expect_failure(&base(&c1, &dir.join("missing.key")), 1);
+    assert!(err.contains("missing.key"), "{err}");
+    // The same under -t.
+    let conf = dir.join("t.yaml");
+    fs::write(&conf, base(&c1, &k2)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("-c")
+        .arg(&conf)
+        .arg("-t")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
+
+#[test]
+fn reconnects_resume_the_tls_session() {
+    let dir = unique_temp_dir("tls-res");
+    let ca = Ca::new(&dir, "res");
+    let (cert, key) = ca.leaf("origin.test");
+    let origin = TlsOrigin::start(server_config(&cert, &key));
+    let port = free_port();
+    // No pooling: every request needs a new upstream connection.
+    let y = format!(
+        "threads: 1\nupstream_keepalive_pool_size: 0\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
+        origin.port,
+        ca.ca_file().display()
+    );
+    let _lbd = Lbd::start(&y, port, 1);
+    for _ in 0..4 {
+        assert_eq!(plain_get(port, "x").0, 200);
+    }
+    assert_eq!(origin.handshakes.load(Ordering::SeqCst), 4);
+    assert!(
+        origin.resumed.load(Ordering::SeqCst) >= 3,
+        "resumed {}",
+        origin.resumed.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn tls_health_check_does_the_handshake() {
+    let dir = unique_temp_dir("tls-hc");
+    let trusted = Ca::new(&dir, "hc");
+    let rogue = Ca::new(&dir, "hcrogue");
+    let (gc, gk) = trusted.leaf("origin.test");
+    let (rc, rk) = rogue.leaf("origin.test");
+    let good = TlsOrigin::start(server_config(&gc, &gk));
+    let bad = TlsOrigin::start(server_config(&rc, &rk));
+    let port = free_port();
+    let y = format!(
+        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}, 127.0.0.1:{}]\n    health_check: {{kind: tcp, interval_ms: 200, timeout_ms: 500}}\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
+        bad.port,
+        good.port,
+        trusted.ca_file().display()
+    );
+    let lbd = Lbd::start(&y, port, 1);
+    for _ in 0..6 {
+        assert_eq!(plain_get(port, "x").0, 200);
+    }
+    assert_eq!(bad.requests.load(Ordering::SeqCst), 0);
+    let log = lbd.stderr();
+    assert!(
+        log.contains(&format!(
+            "127.0.0.1:{} is unhealthy: TLS handshake",
+            bad.port
+        )),
+        "{log}"
+    );
+}
