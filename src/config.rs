@@ -336,6 +336,9 @@ struct RawLimits {
     /// Client connections per worker; past it new connections are closed at once. Default 16384.
     #[serde(default)]
     max_connections_per_worker: Option<usize>,
+    /// Longest chunk extension on one chunk-size line (both directions), then 400/502. Default 4096.
+    #[serde(default)]
+    max_chunk_extension_bytes: Option<usize>,
 }
 
 /// Validated configuration, shared read-only by all threads.
@@ -477,6 +480,8 @@ pub struct Limits {
     pub client_write_timeout: Duration,
     /// `limits.max_connections_per_worker`.
     pub max_connections_per_worker: usize,
+    /// `limits.max_chunk_extension_bytes`.
+    pub max_chunk_extension_bytes: usize,
 }
 
 /// Hard ceiling on `limits.max_headers`: the parser's header array lives on
@@ -498,6 +503,7 @@ impl Default for Limits {
             upstream_idle_timeout: Duration::from_secs(60),
             client_write_timeout: Duration::from_secs(60),
             max_connections_per_worker: 16384,
+            max_chunk_extension_bytes: crate::http::chunked::MAX_CHUNK_EXT_LEN,
         }
     }
 }
@@ -960,6 +966,17 @@ fn validate(
             d.client_write_timeout,
         )?,
         max_connections_per_worker: max_conns,
+        max_chunk_extension_bytes: match r.max_chunk_extension_bytes {
+            None => d.max_chunk_extension_bytes,
+            Some(n) if (1..=65_536).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "limits.max_chunk_extension_bytes",
+                    n,
+                    "must be from 1 to 65536",
+                ))
+            }
+        },
     };
 
     let max_retries = raw.max_retries.unwrap_or(16);

@@ -46,6 +46,9 @@ pub enum ErrorKind {
     /// The TLS handshake with the backend failed (nothing was sent).
     #[error("TLS handshake with upstream failed: {0}")]
     TlsHandshake(std::io::Error),
+    /// lbd ran out of descriptors, ports or memory opening a connection.
+    #[error("out of local resources: {0}")]
+    LocalResources(std::io::Error),
     /// No backend could be tried.
     #[error("no upstream available")]
     NoUpstream,
@@ -121,7 +124,7 @@ impl ProxyError {
             | ErrorKind::BadResponseBody(_)
             | ErrorKind::UpstreamTruncated => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::NoUpstream => 503,
+            ErrorKind::NoUpstream | ErrorKind::LocalResources(_) => 503,
         })
     }
 

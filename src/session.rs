@@ -65,11 +65,11 @@ enum Body {
 }
 
 impl Body {
-    fn new(framing: Framing) -> Self {
+    fn new(framing: Framing, ext_limit: usize) -> Self {
         match framing {
             Framing::None | Framing::Length(0) => Body::Done,
             Framing::Length(n) => Body::Length(n),
-            Framing::Chunked => Body::Chunked(ChunkedDecoder::new()),
+            Framing::Chunked => Body::Chunked(ChunkedDecoder::with_extension_limit(ext_limit)),
             Framing::UntilClose => Body::UntilClose,
         }
     }
@@ -137,7 +137,9 @@ pub async fn serve(
     let limits = &ctx.config.limits;
     let mut client = match ctx.listener_tls(listener) {
         None => Stream::plain(tcp),
-        Some((config, limit)) => match Stream::accept_tls(tcp, config, limit).await {
+        // Boxed: the handshake's state is only needed until it completes, so
+        // it must not widen every connection's future.
+        Some((config, limit)) => match Box::pin(Stream::accept_tls(tcp, config, limit)).await {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("{peer}: TLS handshake failed: {e}");
@@ -344,6 +346,14 @@ async fn connect(ctx: &Rc<WorkerCtx>, group: usize, backend: usize) -> Result<St
     let addr = ctx.backend_addr(backend);
     let tcp = match timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(t)) => t,
+        // Out of descriptors, ports or memory: lbd's problem, not the
+        // backend's; do not mark it down or try the others.
+        Ok(Err(e)) if is_local_exhaustion(&e) => {
+            return Err(ProxyError {
+                side: crate::error::Side::Internal,
+                kind: ErrorKind::LocalResources(e),
+            })
+        }
         Ok(Err(e)) => return Err(ProxyError::upstream(ErrorKind::ConnectFailed(e))),
         Err(_) => return Err(ProxyError::upstream(ErrorKind::ConnectTimeout)),
     };
@@ -362,6 +372,13 @@ async fn connect(ctx: &Rc<WorkerCtx>, group: usize, backend: usize) -> Result<St
             }
         }
     }
+}
+
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno) if [nix::libc::EMFILE, nix::libc::ENFILE, nix::libc::ENOBUFS, nix::libc::ENOMEM, nix::libc::EADDRNOTAVAIL].contains(&libc_errno)
+    )
 }
 
 /// Connects to the next eligible backend of `group`, moving on to the next
@@ -399,6 +416,10 @@ async fn acquire(
                     backend,
                     reused: false,
                 });
+            }
+            Err(e) if e.side == crate::error::Side::Internal => {
+                log::error!("cannot connect to upstream {addr}: {}", e.kind);
+                return Err(e);
             }
             Err(e) => {
                 log::warn!("connect to upstream {addr} failed: {}", e.kind);
@@ -445,7 +466,7 @@ async fn proxy(
     }
 
     // 2. Head plus whatever body bytes are already buffered, in one write.
-    let mut body = Body::new(req.head.framing);
+    let mut body = Body::new(req.head.framing, limits.max_chunk_extension_bytes);
     {
         let start = cb.pos;
         let (out, used) = body.frame(&mut cb.v[start..], false).map_err(|e| {
@@ -616,7 +637,7 @@ async fn proxy(
 
     // 5. Response head plus buffered body bytes, in one write.
     let mut body_bytes: u64 = 0;
-    let mut body = Body::new(resp.framing);
+    let mut body = Body::new(resp.framing, limits.max_chunk_extension_bytes);
     {
         let start = ub.pos;
         let end = ub.v.len();

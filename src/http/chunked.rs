@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-/// Longest chunk extension accepted on one chunk-size line.
+/// Default cap on one chunk-size line's extensions (`limits.max_chunk_extension_bytes`).
 pub const MAX_CHUNK_EXT_LEN: usize = 4096;
 /// Largest trailer section accepted.
 pub const MAX_TRAILER_LEN: usize = 16 * 1024;
@@ -31,7 +31,7 @@ pub enum ChunkError {
     /// A control character or stray byte in a chunk extension.
     #[error("invalid chunk extension")]
     BadExtension,
-    /// Chunk extension longer than [`MAX_CHUNK_EXT_LEN`].
+    /// Chunk extension longer than the decoder's cap.
     #[error("chunk extension too long")]
     ExtensionTooLong,
     /// Chunk data not followed by CRLF.
@@ -77,6 +77,7 @@ pub struct ChunkedDecoder {
     size: u64,
     digits: u8,
     ext_len: usize,
+    ext_limit: usize,
     trailer_len: usize,
     trailer_line_len: usize,
 }
@@ -99,7 +100,13 @@ pub struct Step {
 impl ChunkedDecoder {
     /// A decoder at the start of a chunked body.
     pub fn new() -> Self {
+        Self::with_extension_limit(MAX_CHUNK_EXT_LEN)
+    }
+
+    /// A decoder that rejects chunk extensions longer than `limit` bytes.
+    pub fn with_extension_limit(limit: usize) -> Self {
         ChunkedDecoder {
+            ext_limit: limit,
             state: State::Size,
             size: 0,
             digits: 0,
@@ -165,7 +172,7 @@ impl ChunkedDecoder {
                         _ => return Err(ChunkError::BadExtension),
                     }
                     self.ext_len += 1;
-                    if self.ext_len > MAX_CHUNK_EXT_LEN {
+                    if self.ext_len > self.ext_limit {
                         return Err(ChunkError::ExtensionTooLong);
                     }
                     i += 1;
