@@ -9,9 +9,9 @@
 //! timeout, at most one second), which is all an idle timeout needs.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::task::{Poll, Waker};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 struct Slot {
@@ -25,21 +25,6 @@ struct Slot {
 pub struct IdleTimers {
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
-}
-
-/// Removes the slot when the wait ends, however it ends.
-struct SlotGuard<'a> {
-    timers: &'a IdleTimers,
-    id: usize,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.timers.slots.borrow_mut().get_mut(self.id) {
-            *s = None;
-        }
-        self.timers.free.borrow_mut().push(self.id);
-    }
 }
 
 impl IdleTimers {
@@ -112,18 +97,45 @@ impl IdleTimers {
     }
 
     /// Awaits `fut` until `timeout` passes (as seen by the sweep). `None` on
-    /// timeout; `fut` is dropped then.
-    pub async fn within<F: Future>(&self, timeout: Duration, fut: F) -> Option<F::Output> {
-        let id = self.insert(Instant::now() + timeout);
-        let _guard = SlotGuard { timers: self, id };
-        let mut fut = pin!(fut);
-        poll_fn(|cx| {
-            if self.poll_fired(id, cx.waker()) {
-                return Poll::Ready(None);
-            }
-            fut.as_mut().poll(cx).map(Some)
-        })
-        .await
+    /// timeout. The future is borrowed pinned, so the caller's state holds it
+    /// once (an idle connection's memory is mostly this state).
+    pub fn within<'a, F: Future>(
+        &'a self,
+        timeout: Duration,
+        fut: Pin<&'a mut F>,
+    ) -> Within<'a, F> {
+        Within {
+            timers: self,
+            id: self.insert(Instant::now() + timeout),
+            fut,
+        }
+    }
+}
+
+/// The future returned by [`IdleTimers::within`].
+pub struct Within<'a, F> {
+    timers: &'a IdleTimers,
+    id: usize,
+    fut: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.timers.poll_fired(self.id, cx.waker()) {
+            return Poll::Ready(None);
+        }
+        self.fut.as_mut().poll(cx).map(Some)
+    }
+}
+
+impl<F> Drop for Within<'_, F> {
+    fn drop(&mut self) {
+        if let Some(s) = self.timers.slots.borrow_mut().get_mut(self.id) {
+            *s = None;
+        }
+        self.timers.free.borrow_mut().push(self.id);
     }
 }
 
@@ -144,7 +156,8 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         {
-            let mut f = pin!(t.within(Duration::from_millis(0), pending::<()>()));
+            let mut p = std::pin::pin!(pending::<()>());
+            let mut f = std::pin::pin!(t.within(Duration::from_millis(0), p.as_mut()));
             // Not swept yet: pending.
             assert!(f.as_mut().poll(&mut cx).is_pending());
             assert_eq!(t.len(), 1);
@@ -159,7 +172,8 @@ mod tests {
         let t = IdleTimers::default();
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let mut f = pin!(t.within(Duration::from_secs(60), async { 7 }));
+        let mut p = std::pin::pin!(async { 7 });
+        let mut f = std::pin::pin!(t.within(Duration::from_secs(60), p.as_mut()));
         assert_eq!(f.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
         t.sweep(Instant::now());
     }
@@ -167,9 +181,10 @@ mod tests {
     #[test]
     fn slots_are_reused() {
         let t = IdleTimers::default();
-        let a = t.insert(Instant::now());
-        drop(SlotGuard { timers: &t, id: a });
-        let b = t.insert(Instant::now());
+        let mut p = std::pin::pin!(pending::<()>());
+        let a = t.within(Duration::from_secs(1), p.as_mut()).id;
+        let b = t.within(Duration::from_secs(1), p.as_mut()).id;
         assert_eq!(a, b);
+        assert!(t.is_empty());
     }
 }

@@ -171,7 +171,8 @@ pub async fn serve(
                 } else {
                     idle_limit
                 };
-                match ctx.idle.within(wait, client.readable()).await {
+                let readable = std::pin::pin!(client.readable());
+                match ctx.idle.within(wait, readable).await {
                     Some(Ok(())) => break,
                     Some(Err(_)) => return,
                     None if ctx.shutting_down() && !drain_window_used => continue,

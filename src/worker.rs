@@ -567,3 +567,47 @@ async fn accept_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The future every idle connection keeps alive: keep it small (it is
+    /// most of an idle keep-alive connection's memory).
+    #[test]
+    fn connection_future_is_small() {
+        let config = Arc::new(
+            Config::from_yaml(
+                "listeners: [{address: '127.0.0.1:1'}]\nupstreams: {w: {backends: ['127.0.0.1:2']}}\n",
+                std::path::Path::new("t"),
+                Some(1),
+            )
+            .expect("config"),
+        );
+        let shared = Arc::new(Shared::new(1));
+        let (dtx, _drx) = std::sync::mpsc::channel();
+        let (stx, _srx) = std::sync::mpsc::channel();
+        let links = WorkerLinks {
+            metrics: Arc::new(WorkerMetrics::new(1)),
+            dump_tx: dtx,
+            scrape_tx: stx,
+            access: None,
+        };
+        let mut rt = RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let ctx = Rc::new(WorkerCtx::new(config, shared, links));
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let s = monoio::net::TcpStream::connect_addr(addr)
+                .await
+                .expect("connect");
+            let fut = crate::session::serve(ctx, s, addr, 0, 0);
+            let size = std::mem::size_of_val(&fut);
+            eprintln!("connection future: {size} bytes");
+            assert!(size <= 1024, "connection future grew to {size} bytes");
+        });
+    }
+}
