@@ -13,12 +13,26 @@ use std::cell::RefCell;
 /// the first body bytes, and for efficient body streaming.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// At most this many free buffers are kept per worker (4 MiB); more are freed,
+/// Size of the buffers used to stream large bodies: fewer, larger reads and
+/// writes once a body is known to exceed [`BUF_SIZE`].
+pub const LARGE_BUF_SIZE: usize = 64 * 1024;
+
+/// At most this many free buffers are kept per worker (1 MiB); more are freed,
 /// so a burst of concurrency does not leave memory pinned afterwards.
-const MAX_FREE: usize = 256;
+const MAX_FREE: usize = 64;
+/// At most this many free large buffers (1 MiB).
+const MAX_FREE_LARGE: usize = 16;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE_LARGE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes an empty buffer with capacity [`LARGE_BUF_SIZE`].
+pub fn take_large() -> Vec<u8> {
+    FREE_LARGE
+        .with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF_SIZE))
 }
 
 /// Takes an empty buffer with capacity [`BUF_SIZE`].
@@ -30,13 +44,15 @@ pub fn take() -> Vec<u8> {
 /// Returns a buffer to the free list (buffers grown past [`BUF_SIZE`] are freed,
 /// so one large head does not keep a large buffer alive).
 pub fn give(mut buf: Vec<u8>) {
-    if buf.capacity() != BUF_SIZE {
-        return;
-    }
+    let (list, max) = match buf.capacity() {
+        BUF_SIZE => (&FREE, MAX_FREE),
+        LARGE_BUF_SIZE => (&FREE_LARGE, MAX_FREE_LARGE),
+        _ => return,
+    };
     buf.clear();
-    FREE.with(|f| {
+    list.with(|f| {
         let mut f = f.borrow_mut();
-        if f.len() < MAX_FREE {
+        if f.len() < max {
             f.push(buf);
         }
     });
@@ -97,6 +113,18 @@ impl InBuf {
         let want = (self.v.capacity() * 2).clamp(BUF_SIZE, limit) - self.v.len();
         self.v.reserve_exact(want);
         true
+    }
+
+    /// Switches to a large buffer (keeping unconsumed bytes) for streaming a
+    /// big body.
+    pub fn upsize(&mut self) {
+        if self.v.capacity() >= LARGE_BUF_SIZE {
+            return;
+        }
+        let mut big = take_large();
+        big.extend_from_slice(&self.v[self.pos..]);
+        give(std::mem::replace(&mut self.v, big));
+        self.pos = 0;
     }
 
     /// Returns the storage to the free list.

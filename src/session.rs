@@ -78,6 +78,15 @@ impl Body {
         matches!(self, Body::Done)
     }
 
+    /// More than one small buffer's worth (or of unknown length) remains.
+    fn is_large(&self) -> bool {
+        match self {
+            Body::Done => false,
+            Body::Length(n) => *n > buffer::BUF_SIZE as u64,
+            Body::Chunked(_) | Body::UntilClose => true,
+        }
+    }
+
     /// Frames the bytes at the start of `buf`. Returns (bytes to forward, now
     /// at `buf[..out]`; bytes consumed). With `dechunk`, chunk data is moved
     /// to the front and framing dropped; otherwise the consumed bytes are
@@ -505,10 +514,13 @@ async fn proxy(
         }
     }
 
-    // 3. Stream the rest of the request body.
+    // 3. Stream the rest of the request body (large buffers for a large one).
+    if body.is_large() {
+        cb.upsize();
+    }
     while !body.is_done() {
         let deadline = Instant::now() + limits.body_timeout;
-        match fill(client, cb, buffer::BUF_SIZE, deadline).await {
+        match fill(client, cb, buffer::LARGE_BUF_SIZE, deadline).await {
             Ok(0) => {
                 return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
                     io::ErrorKind::UnexpectedEof.into(),
@@ -667,10 +679,14 @@ async fn proxy(
         ))));
     }
 
-    // 6. Stream the rest of the response body.
+    // 6. Stream the rest of the response body, in large buffers when it is
+    // large (fewer reads and writes per byte).
+    if body.is_large() {
+        ub.upsize();
+    }
     while !body.is_done() {
         let deadline = Instant::now() + limits.upstream_body_timeout;
-        match fill(&mut up.stream, &mut ub, buffer::BUF_SIZE, deadline).await {
+        match fill(&mut up.stream, &mut ub, buffer::LARGE_BUF_SIZE, deadline).await {
             Ok(0) => {
                 if matches!(body, Body::UntilClose) {
                     body = Body::Done;
