@@ -1,0 +1,826 @@
+#!/usr/bin/env python3
+"""Side-by-side HTTP/1.1 proxy benchmark: lbd vs nginx vs HAProxy vs floor.
+
+Called by bench/run.sh (which installs the tools and builds the binaries);
+run that, not this. Standard library only.
+
+Layout (same for every contender): the proxy alone on the proxy CPU (CPU 1
+on a 2-core box), the load generator (wrk/oha) and the origins on the load
+CPU (CPU 0). One worker per proxy, keep-alive pool to the origins, round
+robin over two origins, logging off.
+
+Contenders:
+  direct   wrk/oha straight to one origin (the baseline, no proxy)
+  floor    examples/floor.rs: raw io_uring byte forwarder, no HTTP; the
+           cheapest possible forwarder, every proxy's CPU/request is also
+           reported as a ratio to it
+  lbd      target/release/lbd --threads 1
+  nginx    1 worker, upstream keepalive 128, proxy_http_version 1.1
+  haproxy  nbthread 1, http-reuse always, started under taskset
+  Pingora is skipped: building its crate (pingora + lb feature) needs cmake
+  and several minutes of compile, too slow for a fresh-clone run; the notes
+  (issue 7) give its figure (about 45k req/s at 22 µs/request here).
+
+Origins: one nginx worker on the load CPU with three pairs of ports, one pair
+per body size (small = 17 B, 1 KiB: `return 200 "..."` from memory; 64 KiB:
+a file with sendfile, since nginx caps a config string at 4 KiB). Measured
+once on the 2-vCPU VM, wrk -t1 -c64 on the same CPU as the origin, 3 s runs:
+  examples/origin            60.6k / 75.3k req/s keep-alive, but with
+                             "Connection: close" it keeps the connection
+                             open (it ignores the header): 54k / 76k
+  nginx return 200 (memory)  58.1k req/s, honours Connection: close
+  nginx file (try_files)     24.6k req/s (30.7k with sendfile+open_file_cache)
+examples/origin is a little faster, but then the close-per-request rows of
+direct and floor would silently measure keep-alive, and it serves one body
+size per process; nginx `return 200` it is. --origin=rust switches anyway.
+
+Scenarios (per contender):
+  ka-small / ka-1k / ka-64k   closed loop, wrk -t1 -c64, keep-alive
+  close-small                 wrk -c64 -H "Connection: close" (new client
+                              connection per request; upstream keep-alive)
+  rate-25/50/75               oha -q at 25/50/75% of the weakest proxy's
+                              ka-small max, --latency-correction
+  idle                        N idle keep-alive client connections: proxy
+                              RSS growth per connection (bench/idle_rss.py)
+Per contender and scenario: req/s, p50/p99/p99.9, errors (socket errors,
+non-2xx), proxy CPU µs/request (/proc/PID/task/*/schedstat, all threads),
+peak RSS (VmHWM). The median over --runs runs is reported.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+REL = os.path.join(ROOT, "target", "release")
+LBD = os.path.join(REL, "lbd")
+FLOOR = os.path.join(REL, "examples", "floor")
+ORIGIN = os.path.join(REL, "examples", "origin")
+LUA = os.path.join(BENCH, "report.lua")
+
+# Ports chosen away from the defaults (6188, 8081, ...) so a bench run does
+# not collide with a demo or a developer's lbd on the same box.
+ORIGIN_PORTS = {"small": (18081, 18082), "1k": (18083, 18084), "64k": (18085, 18086)}
+BODY_BYTES = {"small": 17, "1k": 1024, "64k": 65536}
+PROXY_PORT = {"floor": 16191, "lbd": 16188, "nginx": 16189, "haproxy": 16190}
+CONTENDERS = ["direct", "floor", "lbd", "nginx", "haproxy"]
+PROXIES = ["floor", "lbd", "nginx", "haproxy"]
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def wait_port(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def schedstat_ns(pids):
+    total = 0
+    for p in pids:
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def status_kib(pids, field):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_busy_ns():
+    """Busy time per CPU from /proc/stat (everything but idle and iowait), ns."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = line.split()
+                t = [int(x) for x in v[1:9]]
+                out[int(v[0][3:])] = (sum(t) - t[3] - t[4]) * 1_000_000_000 // hz
+    return out
+
+
+def cpu_list(spec):
+    ids = []
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            ids += list(range(int(a), int(b) + 1))
+        else:
+            ids.append(int(part))
+    return ids
+
+
+def cpus_allowed(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split()[1]
+    return "?"
+
+
+class Server:
+    """A started process; `pids` are the ones whose CPU and RSS count."""
+
+    def __init__(self, name, argv, cpus, workdir, env=None, stop_sig=signal.SIGINT):
+        self.name = name
+        self.stop_sig = stop_sig
+        self.logf = open(os.path.join(workdir, f"{name}.log"), "ab")
+        full = ["taskset", "-c", cpus] + argv
+        self.proc = subprocess.Popen(full, stdout=self.logf, stderr=self.logf,
+                                     env=env, stdin=subprocess.DEVNULL)
+
+    def pids(self):
+        # nginx: the master only forks; the worker does the work.
+        kids = children(self.proc.pid)
+        return [self.proc.pid] + kids
+
+    def work_pids(self):
+        kids = children(self.proc.pid)
+        return kids if self.name.startswith("nginx") and kids else [self.proc.pid]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+
+# ---------------------------------------------------------------- configs
+
+def body(size):
+    n = BODY_BYTES[size]
+    return "hello from origin"[:n] if n <= 17 else "".join(chr(97 + i % 26) for i in range(n))
+
+
+def nginx_origin_conf(work, cpu_mask, origin_root):
+    # `return 200 "<body>"` from memory: 58k req/s against 25-31k for the same
+    # 17 bytes served from a file (try_files; sendfile + open_file_cache), wrk
+    # -c64 on the same CPU.
+    servers = []
+    for size, ports in ORIGIN_PORTS.items():
+        if BODY_BYTES[size] <= 2048:
+            loc = f'location / {{ return 200 "{body(size)}"; }}'
+        else:  # nginx caps a config parameter at 4 KiB: serve the file
+            loc = f"location / {{ root {origin_root}; try_files /{size} =404; }}"
+        for p in ports:
+            servers.append(f"""
+    server {{
+        listen 127.0.0.1:{p} backlog=4096 reuseport;
+        {loc}
+    }}""")
+    return f"""
+worker_processes 1;
+worker_cpu_affinity {cpu_mask};
+worker_rlimit_nofile {nofile_limit()};
+daemon off;
+pid {work}/nginx-origin.pid;
+error_log {work}/nginx-origin.err error;
+events {{ worker_connections 30000; multi_accept on; }}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    sendfile on;
+    open_file_cache max=16 inactive=3600s;
+    open_file_cache_valid 3600s;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    default_type text/plain;
+    client_body_temp_path {work}/ngx-o-body;
+    proxy_temp_path {work}/ngx-o-proxy;
+    fastcgi_temp_path {work}/ngx-o-fcgi;
+    uwsgi_temp_path {work}/ngx-o-uwsgi;
+    scgi_temp_path {work}/ngx-o-scgi;
+    {''.join(servers)}
+}}
+"""
+
+
+def nginx_proxy_conf(work, cpu_mask, port, backends):
+    ups = "".join(f"        server 127.0.0.1:{b};\n" for b in backends)
+    return f"""
+worker_processes 1;
+worker_cpu_affinity {cpu_mask};
+worker_rlimit_nofile {nofile_limit()};
+daemon off;
+pid {work}/nginx-proxy.pid;
+error_log {work}/nginx-proxy.err error;
+events {{ worker_connections 30000; multi_accept on; }}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {work}/ngx-p-body;
+    proxy_temp_path {work}/ngx-p-proxy;
+    fastcgi_temp_path {work}/ngx-p-fcgi;
+    uwsgi_temp_path {work}/ngx-p-uwsgi;
+    scgi_temp_path {work}/ngx-p-scgi;
+    upstream web {{
+{ups}        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # 64 KiB responses stay in memory (default buffers would spill to a temp file)
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+
+
+def nofile_limit():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def haproxy_conf(port, backends):
+    # HAProxy refuses to start when 2 x maxconn does not fit RLIMIT_NOFILE.
+    maxconn = min(25000, (nofile_limit() - 200) // 2)
+    srv = "".join(f"    server o{i} 127.0.0.1:{b}\n" for i, b in enumerate(backends))
+    return f"""
+global
+    nbthread 1
+    maxconn {maxconn}
+    # no log line: logging off
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    balance roundrobin
+{srv}"""
+
+
+def lbd_conf(port, backends):
+    b = ", ".join(f"127.0.0.1:{x}" for x in backends)
+    return f"""threads: 1
+listeners:
+  - address: 127.0.0.1:{port}
+upstreams:
+  web:
+    backends: [{b}]
+upstream_keepalive_pool_size: 128
+limits:
+  keepalive_requests: 100000000
+"""
+
+
+def cpu_mask(cpus):
+    """nginx worker_cpu_affinity bitmask for a taskset-style list like '1' or '2-3'."""
+    ids = set()
+    for part in cpus.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            ids.update(range(int(a), int(b) + 1))
+        else:
+            ids.add(int(part))
+    return format(sum(1 << i for i in ids), "b")
+
+
+# ---------------------------------------------------------------- runners
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.proxy_cpus, self.load_cpus = args.cpus.split(":")
+        self.work = tempfile.mkdtemp(prefix="lbd-bench-")
+        os.chmod(self.work, 0o755)  # nginx workers (user nobody) read the origin files
+        self.origins = []
+        self.results = []  # dicts
+        self.notes = []
+        self.oha = shutil.which("oha") or (
+            os.path.join(BENCH, ".tools", "bin", "oha")
+            if os.path.exists(os.path.join(BENCH, ".tools", "bin", "oha")) else None)
+
+    # origins ------------------------------------------------------------
+    def start_origins(self):
+        for ports in ORIGIN_PORTS.values():
+            for p in ports:
+                if not port_free(p):
+                    raise SystemExit(f"port {p} is busy: stop whatever listens there")
+        if self.a.origin == "nginx":
+            root = self.work
+            for size, n in BODY_BYTES.items():
+                with open(os.path.join(root, size), "w") as f:
+                    f.write(body(size))
+            conf = os.path.join(self.work, "nginx-origin.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_origin_conf(self.work, cpu_mask(self.load_cpus), root))
+            self.origins.append(Server("nginx-origin", ["nginx", "-p", self.work, "-e", f"{self.work}/nginx-origin.err", "-c", conf],
+                                       self.load_cpus, self.work, stop_sig=signal.SIGTERM))
+        else:
+            for size, ports in ORIGIN_PORTS.items():
+                for i, p in enumerate(ports):
+                    self.origins.append(Server(f"origin-{size}-{i}", [ORIGIN, "--port", str(p), "--name", "ab"[i],
+                                                                        "--body-size", str(BODY_BYTES[size])],
+                                               self.load_cpus, self.work))
+        for ports in ORIGIN_PORTS.values():
+            for p in ports:
+                wait_port(p)
+
+    # contenders ---------------------------------------------------------
+    def start(self, name, size):
+        """Starts contender `name` in front of the origins of body `size`; returns (server|None, port)."""
+        backends = ORIGIN_PORTS[size]
+        if name == "direct":
+            return None, backends[0]
+        port = PROXY_PORT[name]
+        # An io_uring process's sockets are released by the kernel's ring
+        # teardown work shortly after it exits: give the port a moment.
+        for _ in range(50):
+            if port_free(port):
+                break
+            time.sleep(0.1)
+        if not port_free(port):
+            raise SystemExit(f"port {port} is busy: stop whatever listens there")
+        if name == "floor":
+            s = Server("floor", [FLOOR, "--listen", f"127.0.0.1:{port}"] +
+                       [x for b in backends for x in ("--backend", f"127.0.0.1:{b}")], self.proxy_cpus, self.work)
+        elif name == "lbd":
+            conf = os.path.join(self.work, "lbd.yaml")
+            with open(conf, "w") as f:
+                f.write(lbd_conf(port, backends))
+            env = dict(os.environ, RUST_LOG="warn")
+            s = Server("lbd", [LBD, "-c", conf, "--threads", "1"], self.proxy_cpus, self.work, env=env)
+        elif name == "nginx":
+            conf = os.path.join(self.work, "nginx-proxy.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_proxy_conf(self.work, cpu_mask(self.proxy_cpus), port, backends))
+            s = Server("nginx-proxy", ["nginx", "-p", self.work, "-e", f"{self.work}/nginx-proxy.err", "-c", conf],
+                       self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
+        elif name == "haproxy":
+            conf = os.path.join(self.work, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(haproxy_conf(port, backends))
+            s = Server("haproxy", ["haproxy", "-db", "-f", conf], self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
+        else:
+            raise ValueError(name)
+        wait_port(port)
+        time.sleep(0.2)
+        for p in s.work_pids():
+            allowed = cpus_allowed(p)
+            if allowed != self.proxy_cpus:
+                self.note(f"{name}: pid {p} may run on CPUs {allowed}, expected {self.proxy_cpus}")
+        return s, port
+
+    def note(self, msg):
+        log("NOTE: " + msg)
+        self.notes.append(msg)
+
+    # load generators ----------------------------------------------------
+    def wrk(self, port, duration, extra=()):
+        cmd = ["taskset", "-c", self.load_cpus, "wrk", "-t1", "-c", str(self.a.connections), "-d", f"{duration}s",
+               "--timeout", "2s", "-s", LUA] + list(extra) + [f"http://127.0.0.1:{port}/"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+        m = re.search(r"^RESULT (.*)$", out, re.M)
+        if not m:
+            raise RuntimeError(f"wrk printed no RESULT line:\n{out}")
+        kv = dict(x.split("=") for x in m.group(1).split())
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        r = {
+            "requests": int(kv["requests"]),
+            "rps": int(kv["requests"]) / (int(kv["duration_us"]) / 1e6),
+            "p50_us": float(kv["p50_us"]), "p99_us": float(kv["p99_us"]), "p99.9_us": float(kv["p99.9_us"]),
+            "percentiles_us": {p: float(kv[f"p{p}_us"]) for p in ("10", "25", "50", "75", "90", "95", "99", "99.9", "99.99")},
+            "errors": sum(int(kv[k]) for k in ("err_connect", "err_read", "err_write", "err_timeout")),
+            "non2xx": int(non2xx.group(1)) if non2xx else int(kv["err_status"]),
+        }
+        return r
+
+    def oha_run(self, port, duration, rate):
+        cmd = ["taskset", "-c", self.load_cpus, self.oha, "-z", f"{duration}s", "-c", str(self.a.connections),
+               "-q", str(rate), "--latency-correction", "--no-tui", "--output-format", "json",
+               f"http://127.0.0.1:{port}/"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+        j = json.loads(out)
+        lp = j.get("latencyPercentiles", {})
+        codes = j.get("statusCodeDistribution", {})
+        errs = j.get("errorDistribution", {})
+        ok = sum(v for k, v in codes.items() if k.startswith("2"))
+        # In-flight requests cut by the deadline are not errors of the proxy.
+        real_errs = sum(v for k, v in errs.items() if "deadline" not in k)
+        return {
+            "requests": sum(codes.values()),
+            "rps": j["summary"]["requestsPerSec"],
+            "p50_us": (lp.get("p50") or 0) * 1e6, "p99_us": (lp.get("p99") or 0) * 1e6,
+            "p99.9_us": (lp.get("p99.9") or 0) * 1e6,
+            "percentiles_us": {k[1:]: (v or 0) * 1e6 for k, v in lp.items()},
+            "errors": real_errs, "error_kinds": errs,
+            "non2xx": sum(codes.values()) - ok,
+            "offered_rps": rate,
+        }
+
+    def measured(self, srv, fn):
+        """Runs fn() and adds the proxy's CPU µs/request and peak RSS."""
+        pids = srv.pids() if srv else []
+        a = schedstat_ns(pids)
+        ca, t0 = cpu_busy_ns(), time.time()
+        r = fn()
+        b = schedstat_ns(pids)
+        cb, wall = cpu_busy_ns(), (time.time() - t0) * 1e9
+        busy = lambda cpus: sum(cb.get(c, 0) - ca.get(c, 0) for c in cpus) / wall / len(cpus) * 100
+        r["load_cpu_busy_pct"] = round(busy(cpu_list(self.load_cpus)), 1)
+        r["proxy_cpu_busy_pct"] = round(busy(cpu_list(self.proxy_cpus)), 1)
+        # Busy time on the proxy CPU that the proxy did not use: other work
+        # (builds, tests) sharing the box. Above ~10% the run is noisy.
+        r["proxy_cpu_foreign_pct"] = round(r["proxy_cpu_busy_pct"] - (b - a) / wall / len(cpu_list(self.proxy_cpus)) * 100, 1)
+        if srv:
+            r["cpu_us_per_req"] = (b - a) / 1000 / max(r["requests"], 1)
+            r["peak_rss_kib"] = status_kib(pids, "VmHWM")
+            if not srv.alive():
+                self.note(f"{srv.name} died during a run (see {srv.logf.name})")
+        return r
+
+    def collect_lbd_histogram(self, srv, tag):
+        # TODO(issue: SIGUSR1 histogram dump): once lbd dumps an HdrHistogram on
+        # SIGUSR1 (lbd-<pid>-<unix_ms>.hgrm), send it here: once after the
+        # warmup (discard) and once after each measured run (keep), move the
+        # file into the results and plot it on the same axes as oha's
+        # percentiles. Never broadcast USR1: HAProxy soft-stops on it.
+        return None
+
+    # scenarios ----------------------------------------------------------
+    def record(self, contender, scenario, runs, extra=None):
+        med = {}
+        for k in ("rps", "p50_us", "p99_us", "p99.9_us", "cpu_us_per_req", "peak_rss_kib",
+                  "load_cpu_busy_pct", "proxy_cpu_busy_pct", "proxy_cpu_foreign_pct"):
+            vals = [r[k] for r in runs if r.get(k) is not None]
+            if vals:
+                med[k] = statistics.median(vals)
+                med[k + "_range"] = [min(vals), max(vals)]
+        med["errors"] = sum(r.get("errors", 0) for r in runs)
+        med["non2xx"] = sum(r.get("non2xx", 0) for r in runs)
+        best = sorted(runs, key=lambda r: r.get("p99_us", 0))[len(runs) // 2] if runs else {}
+        row = {"contender": contender, "scenario": scenario, "median": med, "runs": runs,
+               "percentiles_us": best.get("percentiles_us", {})}
+        if extra:
+            row.update(extra)
+        self.results.append(row)
+        m = med
+        log(f"{scenario:12s} {contender:8s} rps={m.get('rps', 0):9.0f} p99={m.get('p99_us', 0):8.0f}us "
+            f"cpu={m.get('cpu_us_per_req', 0):6.2f}us err={m['errors']} non2xx={m['non2xx']} "
+            f"busy load/proxy/foreign={m.get('load_cpu_busy_pct')}/{m.get('proxy_cpu_busy_pct')}/"
+            f"{m.get('proxy_cpu_foreign_pct')}%")
+        return row
+
+    def wrk_scenario(self, name, srv, port, scenario, extra=(), warmup=True, duration=None):
+        d = duration or self.a.duration
+        if warmup:
+            self.wrk(port, self.a.warmup, extra)  # warmup, discarded
+        self.collect_lbd_histogram(srv, "warmup") if name == "lbd" else None
+        runs = [self.measured(srv, lambda: self.wrk(port, d, extra)) for _ in range(self.a.runs)]
+        return self.record(name, scenario, runs)
+
+    def run(self):
+        a = self.a
+        self.start_origins()
+        sizes = a.sizes.split(",") if a.sizes else ["small"] if a.quick else ["small", "1k", "64k"]
+        sizes = [x for x in sizes if x != "none"]
+        try:
+            for size in sizes:
+                for name in a.contenders:
+                    srv, port = self.start(name, size)
+                    try:
+                        self.wrk_scenario(name, srv, port, f"ka-{size}")
+                        if size == "small":
+                            # quick: the keep-alive run just warmed this server up
+                            self.wrk_scenario(name, srv, port, "close-small", ["-H", "Connection: close"],
+                                              warmup=not a.quick, duration=2 if a.quick else None)
+                            if a.idle:
+                                self.idle(name, srv, port)
+                    finally:
+                        if srv:
+                            srv.stop()
+                            self.check_log(srv)
+            if not a.no_rate:
+                self.rate_scenarios()
+        finally:
+            for o in self.origins:
+                o.stop()
+
+    def idle(self, name, srv, port):
+        if srv is None:
+            return
+        pid = srv.work_pids()[0]
+        out = subprocess.run(["taskset", "-c", self.load_cpus, sys.executable, os.path.join(BENCH, "idle_rss.py"),
+                              str(pid), str(port), str(self.a.idle)], capture_output=True, text=True, timeout=300)
+        m = re.search(r"per_conn_kib=([-\d.]+)", out.stdout)
+        if not m:
+            self.note(f"idle_rss for {name} failed: {out.stdout.strip()} {out.stderr.strip()[-300:]}")
+            return
+        kv = dict(x.split("=") for x in out.stdout.split())
+        row = {"contender": name, "scenario": f"idle-{self.a.idle}",
+               "median": {"rss_per_conn_kib": float(m.group(1)), "peak_rss_kib": status_kib(srv.pids(), "VmHWM"),
+                          "errors": 0, "non2xx": 0},
+               "raw": kv, "runs": []}
+        self.results.append(row)
+        log(f"idle-{self.a.idle} {name:8s} per_conn={m.group(1)} KiB")
+
+    def rate_scenarios(self):
+        if not self.oha:
+            self.note("oha not installed: fixed-rate latency scenarios skipped "
+                      "(full mode installs it into bench/.tools; ~9 min)")
+            return
+        maxes = [r["median"]["rps"] for r in self.results
+                 if r["scenario"] == "ka-small" and r["contender"] in PROXIES and r["contender"] in self.a.contenders]
+        if self.a.rates:  # absolute rates given: scenario names say so
+            plan = [(f"rate-{r}", r) for r in self.a.rates]
+        elif maxes:
+            weakest = min(maxes)
+            plan = [(f"rate-{p}", int(round(weakest * p / 100, -2))) for p in ([50] if self.a.quick else [25, 50, 75])]
+        else:
+            return
+        for name in self.a.contenders:
+            srv, port = self.start(name, "small")
+            try:
+                if not self.a.quick:
+                    self.oha_run(port, 1, 1000)  # warmup
+                d = 2 if self.a.quick else self.a.duration
+                for scenario, rate in plan:
+                    runs = [self.measured(srv, lambda: self.oha_run(port, d, rate))
+                            for _ in range(self.a.runs)]
+                    self.record(name, scenario, runs, {"offered_rps": rate})
+            finally:
+                if srv:
+                    srv.stop()
+                    self.check_log(srv)
+
+    def check_log(self, srv):
+        """Anything a contender logged (lbd runs with RUST_LOG=warn) is worth a look."""
+        try:
+            with open(srv.logf.name, errors="replace") as f:
+                lines = [l.rstrip() for l in f if l.strip() and "listening on" not in l]
+            open(srv.logf.name, "w").close()
+        except OSError:
+            return
+        if lines:
+            self.note(f"{srv.name} logged {len(lines)} line(s), first: " + " | ".join(lines[:3])[:400])
+
+
+# ---------------------------------------------------------------- output
+
+def fmt(v, nd=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{nd}f}"
+
+
+def table(results):
+    # floor opens a backend connection per client connection: in close-*
+    # scenarios it does more work than a pooling proxy, so no ratio there.
+    floor = {r["scenario"]: r["median"].get("cpu_us_per_req") for r in results
+             if r["contender"] == "floor" and not r["scenario"].startswith("close")}
+    hdr = ["scenario", "contender", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "err", "non2xx", "CPU µs/req", "×floor",
+           "peak RSS MiB", "RSS/idle conn KiB", "load CPU %", "noise %"]
+    rows = []
+    for r in results:
+        m = r["median"]
+        cpu = m.get("cpu_us_per_req")
+        fl = floor.get(r["scenario"])
+        ratio = cpu / fl if cpu and fl else None
+        rss = m.get("peak_rss_kib")
+        label = r["scenario"] + (f" ({r['offered_rps']}/s)" if r.get("offered_rps") else "")
+        if r.get("offered_rps") and m.get("rps", 0) < 0.97 * r["offered_rps"]:
+            label += " !"  # the offered rate was not reached
+        rows.append([label, r["contender"],
+                     fmt(m.get("rps")), fmt(m.get("p50_us")), fmt(m.get("p99_us")), fmt(m.get("p99.9_us")),
+                     str(m.get("errors", 0)), str(m.get("non2xx", 0)), fmt(cpu, 2), fmt(ratio, 2),
+                     fmt(rss / 1024 if rss else None, 1), fmt(m.get("rss_per_conn_kib"), 2),
+                     fmt(m.get("load_cpu_busy_pct")), fmt(m.get("proxy_cpu_foreign_pct"))])
+        r["median"]["cpu_ratio_to_floor"] = ratio
+    w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+    lines = ["  ".join(str(h).ljust(w[i]) if i < 2 else str(h).rjust(w[i]) for i, h in enumerate(hdr))]
+    lines.append("  ".join("-" * x for x in w))
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust(w[i]) for i, c in enumerate(row)))
+    return "\n".join(lines)
+
+
+COLORS = {"direct": "#888888", "floor": "#2ca02c", "lbd": "#d62728", "nginx": "#1f77b4", "haproxy": "#ff7f0e"}
+
+
+def svg_plot(results, path):
+    """Latency by percentile, one line per contender, one panel per scenario.
+    x = percentile on the 1/(1-p) log scale (HdrHistogram style), y = µs (log)."""
+    import math
+    scen = []
+    for r in results:
+        if r.get("percentiles_us") and r["scenario"] not in scen:
+            scen.append(r["scenario"])
+    W, H, ML, MR, MT, MB = 520, 330, 70, 110, 40, 50
+    cols = 2
+    rows = (len(scen) + cols - 1) // cols
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * cols}" height="{H * rows}" '
+           f'font-family="sans-serif" font-size="11">', f'<rect width="100%" height="100%" fill="white"/>']
+    xs = [("50", 50), ("90", 90), ("99", 99), ("99.9", 99.9), ("99.99", 99.99)]
+    def xv(p):
+        return math.log10(1 / (1 - min(p, 99.999) / 100))
+    xmax = xv(99.99)
+    for i, sc in enumerate(scen):
+        ox, oy = (i % cols) * W, (i // cols) * H
+        rs = [r for r in results if r["scenario"] == sc and r.get("percentiles_us")]
+        vals = [v for r in rs for v in r["percentiles_us"].values() if v and v > 0]
+        if not vals:
+            continue
+        lo = 10 ** math.floor(math.log10(min(vals)))
+        hi = 10 ** math.ceil(math.log10(max(vals)))
+        pw, ph = W - ML - MR, H - MT - MB
+        def X(p):
+            return ox + ML + pw * xv(p) / xmax
+        def Y(v):
+            return oy + MT + ph * (1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+        title = sc + (f" (offered {rs[0]['offered_rps']}/s, oha)" if rs[0].get("offered_rps") else " (wrk -c64, closed loop)")
+        out.append(f'<text x="{ox + W / 2}" y="{oy + 20}" text-anchor="middle" font-size="13">{title}</text>')
+        out.append(f'<rect x="{ox + ML}" y="{oy + MT}" width="{pw}" height="{ph}" fill="none" stroke="#000"/>')
+        d = lo
+        while d <= hi * 1.0001:
+            y = Y(d)
+            out.append(f'<line x1="{ox + ML}" x2="{ox + ML + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+            lab = f"{d / 1000:g} ms" if d >= 1000 else f"{d:g} µs"
+            out.append(f'<text x="{ox + ML - 5}" y="{y + 4:.1f}" text-anchor="end">{lab}</text>')
+            d *= 10
+        for lab, p in xs:
+            x = X(p)
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{oy + MT}" y2="{oy + MT + ph}" stroke="#ddd"/>')
+            out.append(f'<text x="{x:.1f}" y="{oy + MT + ph + 15}" text-anchor="middle">p{lab}</text>')
+        out.append(f'<text x="{ox + ML + pw / 2}" y="{oy + H - 10}" text-anchor="middle">percentile</text>')
+        for j, r in enumerate(rs):
+            pts = sorted((float(k), v) for k, v in r["percentiles_us"].items() if v and v > 0 and float(k) >= 50)
+            c = COLORS.get(r["contender"], "#000")
+            poly = " ".join(f"{X(p):.1f},{Y(v):.1f}" for p, v in pts)
+            out.append(f'<polyline points="{poly}" fill="none" stroke="{c}" stroke-width="2"/>')
+            for p, v in pts:
+                out.append(f'<circle cx="{X(p):.1f}" cy="{Y(v):.1f}" r="2.5" fill="{c}"/>')
+            ly = oy + MT + 12 + 16 * j
+            out.append(f'<line x1="{ox + W - MR + 10}" x2="{ox + W - MR + 30}" y1="{ly - 4}" y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
+            out.append(f'<text x="{ox + W - MR + 34}" y="{ly}">{r["contender"]}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def machine():
+    def cmd(c):
+        try:
+            p = subprocess.run(c, capture_output=True, text=True, timeout=10)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except Exception:
+            return None
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    oha = shutil.which("oha") or os.path.join(BENCH, ".tools", "bin", "oha")
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "nginx": cmd(["nginx", "-v"]), "haproxy": cmd(["haproxy", "-v"]), "wrk": cmd(["wrk", "-v"]),
+            "oha": cmd([oha, "--version"]) if os.path.exists(oha) else None,
+            "lbd_commit": cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+            "lbd_dirty": bool(cmd(["git", "-C", ROOT, "status", "--porcelain", "src", "Cargo.toml"]))}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="ka-small, close-small, 1k idle conns, 1 run: < 60 s")
+    ap.add_argument("--cpus", default="1:0", help="PROXY_CPUS:LOAD_CPUS, taskset lists (default 1:0)")
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--duration", type=int, help="seconds per measured run")
+    ap.add_argument("--warmup", type=int)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--idle", type=int, help="idle keep-alive connections (0 = skip)")
+    ap.add_argument("--origin", choices=["nginx", "rust"], default="nginx")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--no-rate", action="store_true", help="skip the oha fixed-rate scenarios")
+    ap.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")],
+                    help="absolute oha rates (req/s), instead of 25/50/75%% of the weakest proxy's max")
+    ap.add_argument("--sizes", help="body sizes, comma-separated (default small in --quick, else small,1k,64k)")
+    ap.add_argument("--out", default=os.path.join(BENCH, "results"))
+    ap.add_argument("--render", metavar="JSON", help="only print the table and redraw the SVG of a results file")
+    a = ap.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            doc = json.load(f)
+        print(table(doc["results"]))
+        for n in doc.get("notes", []):
+            print("note:", n)
+        svg_plot(doc["results"], os.path.splitext(a.render)[0] + ".svg")
+        return
+    a.contenders = a.contenders.split(",")
+    if a.quick:
+        a.runs, a.duration, a.warmup = a.runs or 1, a.duration or 3, a.warmup or 1
+        a.idle = 1000 if a.idle is None else a.idle
+    else:
+        a.runs, a.duration, a.warmup = a.runs or 3, a.duration or 5, a.warmup or 2
+        # 10k idle connections need 2 fds each in floor (client + backend).
+        a.idle = min(10000, (nofile_limit() - 2000) // 2) if a.idle is None else a.idle
+    t0 = time.time()
+    b = Bench(a)
+    log(f"workdir {b.work}; proxy on CPU {b.proxy_cpus}, load+origins on CPU {b.load_cpus}")
+    b.run()
+    t = table(b.results)
+    print(t)
+    print("load CPU % = busy time of the generator+origin CPU; noise % = busy time on the proxy CPU not used by\n"
+          "the proxy (other work on the box; above ~10% the row is disturbed). ×floor = CPU/request over floor's in\n"
+          "the same scenario (none for close-small: floor opens a backend connection per client, so it is no floor there).\n"
+          "'!' after a rate: fewer than 97% of the offered requests/s were served (on 2 vCPUs usually because oha and\n"
+          "the origins saturate the load CPU: see load CPU %); its latencies are queueing, not the proxy.")
+    for n in b.notes:
+        print("note:", n)
+    os.makedirs(a.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    mode = "quick" if a.quick else "full"
+    doc = {"when": stamp, "mode": mode, "elapsed_s": round(time.time() - t0, 1), "machine": machine(),
+           "settings": {k: v for k, v in vars(a).items() if k != "out"}, "notes": b.notes, "results": b.results}
+    # latest.json is the latest full run (what bench/results/ is committed
+    # with); a quick run writes latest-quick.json and does not replace it.
+    for name in (f"{stamp}-{mode}.json", f"latest-{mode}.json") + (("latest.json",) if mode == "full" else ()):
+        with open(os.path.join(a.out, name), "w") as f:
+            json.dump(doc, f, indent=1)
+    svg = os.path.join(a.out, "latency-quick.svg" if a.quick else "latency.svg")
+    svg_plot(b.results, svg)
+    with open(os.path.join(a.out, "latest-quick.txt" if a.quick else "latest.txt"), "w") as f:
+        f.write(t + "\n" + "".join(f"note: {n}\n" for n in b.notes))
+    log(f"done in {time.time() - t0:.0f}s; wrote {a.out}/{stamp}-{mode}.json and {svg}")
+    shutil.rmtree(b.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of lbd against nginx, HAProxy, a raw io_uring
+# forwarder ("floor") and no proxy at all ("direct"). See bench/bench.py for
+# the layout, contenders and scenarios, bench/results/ for the output.
+#
+# Usage: bench/run.sh [--quick] [--cpus PROXY:LOAD] [--build] [bench.py options]
+#   --quick        small bodies, keep-alive + close, 1k idle conns, 1 run (< 60 s)
+#   --cpus 1:0     taskset CPU lists: proxy on CPU 1, wrk/oha + origins on CPU 0
+#                  (default). On a bigger box e.g. --cpus 4:0-3 keeps the
+#                  generator off the proxy's core; every contender still runs
+#                  one worker.
+#   --build        rebuild lbd, examples/origin and examples/floor even if
+#                  they exist (default: build only what is missing)
+#   other options go to bench.py (--runs, --duration, --idle, --origin, ...)
+#
+# Fresh Debian box: installs wrk, nginx-light, haproxy with apt when missing;
+# oha (fixed-rate latency scenarios) is built with `cargo install oha --locked`
+# into bench/.tools only when missing and not in --quick mode or CI: it takes
+# about 9 minutes. --quick without oha skips the fixed-rate scenarios.
+#
+# When other heavy jobs share the box, wrap the whole run:
+#   flock /tmp/lbd-heavy.lock bench/run.sh --quick
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0 build=0 args=()
+while (($#)); do
+    case $1 in
+        --quick) quick=1; args+=(--quick) ;;
+        --build) build=1 ;;
+        --cpus) args+=(--cpus "$2"); shift ;;
+        *) args+=("$1") ;;
+    esac
+    shift
+done
+
+missing=()
+for t in wrk nginx haproxy taskset; do command -v "$t" >/dev/null || missing+=("$t"); done
+if ((${#missing[@]})); then
+    pkgs=()
+    for t in "${missing[@]}"; do
+        case $t in nginx) pkgs+=(nginx-light) ;; taskset) pkgs+=(util-linux) ;; *) pkgs+=("$t") ;; esac
+    done
+    echo "bench: installing ${pkgs[*]} with apt-get" >&2
+    sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+    "${sudo_[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
+    # The Debian packages start system services on :80; the bench needs none.
+    "${sudo_[@]}" systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
+fi
+
+if ! command -v oha >/dev/null && [ ! -x bench/.tools/bin/oha ]; then
+    if ((quick)) || [ -n "${CI:-}" ]; then
+        echo "bench: oha not installed; fixed-rate latency scenarios skipped (run without --quick to install it)" >&2
+    else
+        echo "bench: installing oha into bench/.tools (cargo install, about 9 minutes)" >&2
+        cargo install oha --locked --root bench/.tools >&2
+    fi
+fi
+
+if ((build)) || [ ! -x target/release/lbd ] || [ ! -x target/release/examples/origin ] ||
+    [ ! -x target/release/examples/floor ]; then
+    echo "bench: cargo build --release (LTO: about 1.5 min)" >&2
+    cargo build --release --bin lbd --example origin --example floor >&2
+fi
+
+# 10k idle connections need 10k fds in the client and 10k-20k in each proxy.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+exec python3 bench/bench.py "${args[@]}"
