@@ -43,9 +43,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 echo "==> building fuzz targets"
-for t in "${TARGETS[@]}"; do
-    locked cargo fuzz build --debug-assertions "$t"
-done
+if [ ${#TARGETS[@]} -eq 1 ]; then
+    locked cargo fuzz build --debug-assertions "${TARGETS[0]}"
+else
+    locked cargo fuzz build --debug-assertions   # every target, one build
+fi
 
 logdir=fuzz/logs
 mkdir -p "$logdir"

@@ -158,6 +158,10 @@ pub async fn serve(
     };
     let mut cbuf: Option<InBuf> = None;
     let mut served: u64 = 0;
+    // The first request's head must be complete within `header_timeout` of
+    // the connection being accepted (idle wait included); later requests'
+    // heads within `header_timeout` of their first byte.
+    let first_deadline = Instant::now() + limits.header_timeout;
     loop {
         // Idle: wait for bytes without holding a buffer.
         if cbuf.as_ref().is_none_or(InBuf::is_empty) {
@@ -194,7 +198,22 @@ pub async fn serve(
         // The exchange's state (about 3 KiB of futures) lives in its own
         // allocation only while a request is in progress, so an idle
         // keep-alive connection costs a few hundred bytes, not kilobytes.
-        let keep = match Box::pin(exchange(&ctx, &mut client, peer, group, &mut cb, served)).await {
+        let head_deadline = if served == 0 {
+            first_deadline
+        } else {
+            Instant::now() + limits.header_timeout
+        };
+        let keep = match Box::pin(exchange(
+            &ctx,
+            &mut client,
+            peer,
+            group,
+            &mut cb,
+            served,
+            head_deadline,
+        ))
+        .await
+        {
             Ok(keep) => keep,
             Err(()) => {
                 cb.release();
@@ -224,12 +243,12 @@ async fn exchange(
     group: usize,
     cb: &mut InBuf,
     served: u64,
+    deadline: Instant,
 ) -> Result<bool, ()> {
     let limits = &ctx.config.limits;
     let mut obuf = buffer::take();
 
     // 1. The request head, under one deadline that trickled bytes do not move.
-    let deadline = Instant::now() + limits.header_timeout;
     let first_backend = ctx.default_host(group);
     let head = loop {
         if !cb.is_empty() {
@@ -257,6 +276,9 @@ async fn exchange(
                 }
             }
         }
+        // Whether part of a head is buffered, decided before the read: a
+        // read cancelled by the deadline keeps the buffer.
+        let partial = !cb.is_empty();
         match fill(client, cb, limits.max_head_bytes, deadline).await {
             Ok(0) => {
                 buffer::give(obuf);
@@ -264,7 +286,7 @@ async fn exchange(
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                if !cb.is_empty() {
+                if partial {
                     if let Some(f) = ctx.access_fields(cb.data()) {
                         ctx.access_log(peer, f, 408, 0, limits.header_timeout, None);
                     }
@@ -570,8 +592,10 @@ async fn proxy(
     let mut ub = InBuf::new();
     let mut hbuf = buffer::take();
     let mut got_bytes = false;
+    // One deadline for the whole response head: bytes trickled by the
+    // upstream do not extend it (a 1xx interim response starts a new one).
+    let mut deadline = Instant::now() + limits.upstream_response_timeout;
     let resp: ResponseHead = loop {
-        let deadline = Instant::now() + limits.upstream_response_timeout;
         if !ub.is_empty() {
             hbuf.clear();
             let rctx = RequestContext {
@@ -584,6 +608,7 @@ async fn proxy(
             match parse_response(ub.data(), rctx, &mut hbuf) {
                 Ok(Parsed::Complete(h)) if h.interim => {
                     ub.consume(h.head_len);
+                    deadline = Instant::now() + limits.upstream_response_timeout;
                     let len = hbuf.len();
                     let (res, hb) =
                         write_range(client, hbuf, 0, len, limits.client_write_timeout).await;

@@ -927,3 +927,221 @@ fn respond<W: Write>(w: &mut W, req: &Request, name: &str) -> io::Result<bool> {
     w.flush()?;
     Ok(keep_alive)
 }
+
+// ---------------------------------------------------------------------------
+// Fault-injecting origin
+// ---------------------------------------------------------------------------
+
+/// One step of a scripted origin connection (see [`FaultOrigin`]).
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Read one request head (through the blank line) and any
+    /// `Content-Length` body, and record the head. If the peer closes
+    /// first, the connection's script ends there.
+    ReadRequest,
+    /// Write these bytes (errors end the script).
+    Write(Vec<u8>),
+    /// Pause.
+    Sleep(Duration),
+    /// Close gracefully (FIN).
+    Close,
+    /// Abort the connection with a TCP reset (SO_LINGER 0, then close).
+    Reset,
+    /// Keep the connection open without answering, discarding whatever
+    /// arrives, until the peer closes it or the origin is dropped.
+    Hang,
+    /// Wait up to this long for the peer to close the connection (EOF or
+    /// reset); if it does, the connection's index is recorded in
+    /// [`FaultOrigin::closed_by_peer`]. Bytes received meanwhile are dropped.
+    AwaitPeerClose(Duration),
+}
+
+/// Shorthand for a [`Step::Write`] of a string.
+pub fn write_step(s: &str) -> Step {
+    Step::Write(s.as_bytes().to_vec())
+}
+
+/// A raw TCP origin that answers each accepted connection with scripted
+/// bytes: connection `i` runs `scripts[i]` (the last script repeats for any
+/// further connection). It records every request head it read, with the
+/// index of the connection it arrived on.
+pub struct FaultOrigin {
+    pub port: u16,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<(usize, String)>>>,
+    closed_by_peer: Arc<Mutex<Vec<usize>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultOrigin {
+    pub fn start(scripts: Vec<Vec<Step>>) -> FaultOrigin {
+        assert!(!scripts.is_empty(), "FaultOrigin needs at least one script");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("fault origin bind");
+        let port = listener.local_addr().unwrap().port();
+        let origin = FaultOrigin {
+            port,
+            connections: Arc::new(AtomicUsize::new(0)),
+            heads: Arc::new(Mutex::new(Vec::new())),
+            closed_by_peer: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (conns, heads, closed, stop) = (
+            origin.connections.clone(),
+            origin.heads.clone(),
+            origin.closed_by_peer.clone(),
+            origin.stop.clone(),
+        );
+        thread::Builder::new()
+            .name("fault-origin-accept".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = conn else { continue };
+                    let idx = conns.fetch_add(1, Ordering::SeqCst);
+                    let script = scripts[idx.min(scripts.len() - 1)].clone();
+                    let (heads, closed, stop) = (heads.clone(), closed.clone(), stop.clone());
+                    let _ = thread::Builder::new()
+                        .name(format!("fault-origin-conn-{idx}"))
+                        .spawn(move || run_script(idx, stream, &script, &heads, &closed, &stop));
+                }
+            })
+            .expect("spawn fault origin accept thread");
+        origin
+    }
+
+    /// Accepted TCP connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// (connection index, raw head) of every request head read so far.
+    pub fn heads(&self) -> Vec<(usize, String)> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Indexes of connections the peer (lbd) closed during `AwaitPeerClose`.
+    pub fn closed_by_peer(&self) -> Vec<usize> {
+        self.closed_by_peer.lock().unwrap().clone()
+    }
+
+    /// Poll `cond` every 10 ms for up to `wait`; true if it became true.
+    pub fn wait_for(&self, wait: Duration, cond: impl Fn(&FaultOrigin) -> bool) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FaultOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_millis(200),
+        );
+    }
+}
+
+fn run_script(
+    idx: usize,
+    stream: TcpStream,
+    script: &[Step],
+    heads: &Mutex<Vec<(usize, String)>>,
+    closed: &Mutex<Vec<usize>>,
+    stop: &AtomicBool,
+) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    for step in script {
+        match step {
+            Step::ReadRequest => match read_raw_head(&mut reader) {
+                Ok(Some(raw)) => {
+                    let head = String::from_utf8_lossy(&raw).into_owned();
+                    let cl = head
+                        .split("\r\n")
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    heads.lock().unwrap().push((idx, head));
+                    if io::copy(&mut reader.by_ref().take(cl), &mut io::sink()).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+            Step::Write(b) => {
+                if write_half
+                    .write_all(b)
+                    .and_then(|_| write_half.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Step::Sleep(d) => thread::sleep(*d),
+            Step::Close => {
+                let _ = write_half.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Step::Reset => {
+                let _ = socket2::SockRef::from(&write_half).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Step::Hang => {
+                let _ = reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(100)));
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::SeqCst) {
+                    match reader.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => return,
+                    }
+                }
+                return;
+            }
+            Step::AwaitPeerClose(wait) => {
+                let deadline = Instant::now() + *wait;
+                let _ = reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(50)));
+                let mut buf = [0u8; 4096];
+                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                    match reader.read(&mut buf) {
+                        Ok(0) => {
+                            closed.lock().unwrap().push(idx);
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => {
+                            closed.lock().unwrap().push(idx);
+                            return;
+                        }
+                    }
+                }
+                let _ = reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_secs(30)));
+            }
+        }
+    }
+}
