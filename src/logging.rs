@@ -57,7 +57,15 @@ fn open(path: &Path) -> std::io::Result<File> {
 
 /// Starts logging. With `error_log`, log lines are appended to that file.
 pub fn init(error_log: Option<&Path>) -> std::io::Result<()> {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut b = env_logger::Builder::new();
+    // Default: info. rustls logs peer misbehaviour (e.g. an IP address sent
+    // as SNI) at warn on every handshake: a client could flood the log, so it
+    // is held to error unless RUST_LOG names it.
+    b.filter_level(log::LevelFilter::Info)
+        .filter_module("rustls", log::LevelFilter::Error);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
     b.format(|f, record| {
         let ts = f.timestamp_millis();
         writeln!(
