@@ -255,7 +255,7 @@ async fn exchange(
             obuf.clear();
             let fwd = Forwarding {
                 client_ip: peer.ip(),
-                default_host: &first_backend,
+                default_host: first_backend,
                 host_override: ctx.host_override(group),
             };
             let hl = HeadLimits {

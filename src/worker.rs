@@ -87,6 +87,8 @@ pub struct WorkerCtx {
     >,
     /// Per upstream group: the Host header override.
     host_override: Vec<Option<Vec<u8>>>,
+    /// Per upstream group: the Host for requests that carry none.
+    default_host: Vec<Vec<u8>>,
 }
 
 /// A worker's access-log state.
@@ -133,6 +135,16 @@ impl WorkerCtx {
                 .upstreams
                 .iter()
                 .map(|u| u.host.as_ref().map(|h| h.as_bytes().to_vec()))
+                .collect(),
+            default_host: config
+                .upstreams
+                .iter()
+                .map(|u| {
+                    u.backends
+                        .first()
+                        .map(|b| b.address.to_string().into_bytes())
+                        .unwrap_or_default()
+                })
                 .collect(),
             access: links.access.map(|(format, link)| {
                 RefCell::new(AccessState {
@@ -184,13 +196,8 @@ impl WorkerCtx {
 
     /// `Host` to send for a request that carried none: the group's first
     /// backend, as nginx sends its `proxy_pass` host.
-    pub fn default_host(&self, group: usize) -> Vec<u8> {
-        let ups = self.upstreams.borrow();
-        ups.groups
-            .get(group)
-            .and_then(|g| ups.backends.get(g.first))
-            .map(|b| b.host.clone())
-            .unwrap_or_default()
+    pub fn default_host(&self, group: usize) -> &[u8] {
+        self.default_host.get(group).map_or(&[], |h| h.as_slice())
     }
 
     /// This worker's TLS server config for `listener`, if it terminates TLS.
