@@ -591,7 +591,6 @@ async fn proxy(
     // request bytes until a response arrives, for the one safe resend.
     let mut ub = InBuf::new();
     let mut hbuf = buffer::take();
-    let mut got_bytes = false;
     // One deadline for the whole response head: bytes trickled by the
     // upstream do not extend it (a 1xx interim response starts a new one).
     let mut deadline = Instant::now() + limits.upstream_response_timeout;
@@ -639,9 +638,12 @@ async fn proxy(
             Err(e) => e.kind() != io::ErrorKind::TimedOut,
             Ok(_) => false,
         };
-        if dead && !got_bytes && resendable && tries < ctx.config.max_retries {
-            // The upstream closed or reset before any response byte, and the
-            // request is idempotent and entirely in `obuf`: send it again.
+        if dead && resendable && tries < ctx.config.max_retries {
+            // The upstream closed or reset before a complete response head
+            // (nothing reached the client), and the request is idempotent
+            // and entirely in `obuf`: send it again, as nginx's
+            // `proxy_next_upstream error` does. A reset can also discard
+            // part of a head the upstream had already sent.
             ub.v.clear();
             ub.pos = 0;
             up = resend(ctx, group, up, &mut obuf, obuf_len, &mut tries).await?;
@@ -656,7 +658,7 @@ async fn proxy(
                     obuf,
                 ));
             }
-            Ok(_) => got_bytes = true,
+            Ok(_) => {}
             Err(e) => {
                 ub.release();
                 buffer::give(hbuf);
