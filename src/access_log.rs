@@ -122,7 +122,8 @@ impl WorkerLog {
         }
     }
 
-    fn time(&mut self, now: SystemTime) -> &[u8] {
+    /// Refreshes the cached timestamp text (once per second).
+    fn refresh_time(&mut self, now: SystemTime) {
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if secs != self.cached_sec {
             self.cached_sec = secs;
@@ -141,19 +142,19 @@ impl WorkerLog {
             };
             self.cached_time.extend_from_slice(text.as_bytes());
         }
-        &self.cached_time
     }
 
     /// Appends one line.
     pub fn push(&mut self, e: &Entry<'_>, now: SystemTime) {
         let format = self.format;
-        let time = self.time(now).to_vec();
+        self.refresh_time(now);
+        let time = &self.cached_time;
         let b = &mut self.buf;
         match format {
             Format::Common | Format::Combined => {
                 let _ = write!(b, "{}", e.client);
                 b.extend_from_slice(b" - - [");
-                b.extend_from_slice(&time);
+                b.extend_from_slice(time);
                 b.extend_from_slice(b"] \"");
                 escape_into(b, &e.fields.request_line, false);
                 let _ = write!(b, "\" {} {}", e.status, e.body_bytes);
@@ -173,7 +174,7 @@ impl WorkerLog {
             }
             Format::Json => {
                 b.extend_from_slice(b"{\"time\":\"");
-                b.extend_from_slice(&time);
+                b.extend_from_slice(time);
                 let _ = write!(b, "\",\"client\":\"{}\",\"request\":\"", e.client);
                 escape_into(b, &e.fields.request_line, true);
                 let _ = write!(

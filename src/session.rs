@@ -35,27 +35,6 @@ use crate::worker::WorkerCtx;
 /// How long an idle keep-alive connection stays open once draining began.
 const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Reads more bytes into `b` before `deadline`. `Ok(0)` is EOF.
-async fn fill(
-    stream: &mut Stream,
-    b: &mut InBuf,
-    limit: usize,
-    deadline: Instant,
-) -> io::Result<usize> {
-    stream.fill(b, limit, deadline).await
-}
-
-/// Writes `buf[start..end]` fully within `limit`; hands the buffer back.
-async fn write_range(
-    stream: &mut Stream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    limit: Duration,
-) -> (io::Result<()>, Vec<u8>) {
-    stream.write_range(buf, start, end, limit).await
-}
-
 /// Where a message body stands.
 enum Body {
     Length(u64),
@@ -279,7 +258,7 @@ async fn exchange(
         // Whether part of a head is buffered, decided before the read: a
         // read cancelled by the deadline keeps the buffer.
         let partial = !cb.is_empty();
-        match fill(client, cb, limits.max_head_bytes, deadline).await {
+        match client.fill(cb, limits.max_head_bytes, deadline).await {
             Ok(0) => {
                 buffer::give(obuf);
                 return Err(()); // EOF: the client is done (or gave up mid-head).
@@ -365,7 +344,7 @@ async fn respond_error(
     buf.clear();
     http::write_simple_response(&mut buf, status, http::reason_phrase(status), true);
     let len = buf.len();
-    let (_, buf) = write_range(client, buf, 0, len, limit).await;
+    let (_, buf) = client.write_range(buf, 0, len, limit).await;
     buffer::give(buf);
 }
 
@@ -488,7 +467,9 @@ async fn proxy(
         let mut cont = buffer::take();
         cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         let len = cont.len();
-        let (res, cont) = write_range(client, cont, 0, len, limits.client_write_timeout).await;
+        let (res, cont) = client
+            .write_range(cont, 0, len, limits.client_write_timeout)
+            .await;
         buffer::give(cont);
         if let Err(e) = res {
             return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
@@ -515,14 +496,10 @@ async fn proxy(
     let resendable = req.head.idempotent && body.is_done();
 
     let obuf_len = obuf.len();
-    let (res, ob) = write_range(
-        &mut up.stream,
-        obuf,
-        0,
-        obuf_len,
-        limits.upstream_body_timeout,
-    )
-    .await;
+    let (res, ob) = up
+        .stream
+        .write_range(obuf, 0, obuf_len, limits.upstream_body_timeout)
+        .await;
     obuf = ob;
     ctx.metrics.backend(up.backend).requests.inc();
     if let Err(e) = res {
@@ -542,7 +519,7 @@ async fn proxy(
     }
     while !body.is_done() {
         let deadline = Instant::now() + limits.body_timeout;
-        match fill(client, cb, buffer::LARGE_BUF_SIZE, deadline).await {
+        match client.fill(cb, buffer::LARGE_BUF_SIZE, deadline).await {
             Ok(0) => {
                 return Err(Failure::Close(ProxyError::downstream(ErrorKind::ClientIo(
                     io::ErrorKind::UnexpectedEof.into(),
@@ -569,14 +546,10 @@ async fn proxy(
             )
         })?;
         let v = std::mem::take(&mut cb.v);
-        let (res, v) = write_range(
-            &mut up.stream,
-            v,
-            start,
-            start + out,
-            limits.upstream_body_timeout,
-        )
-        .await;
+        let (res, v) = up
+            .stream
+            .write_range(v, start, start + out, limits.upstream_body_timeout)
+            .await;
         cb.v = v;
         if let Err(e) = res {
             return Err(Failure::Respond(
@@ -609,8 +582,9 @@ async fn proxy(
                     ub.consume(h.head_len);
                     deadline = Instant::now() + limits.upstream_response_timeout;
                     let len = hbuf.len();
-                    let (res, hb) =
-                        write_range(client, hbuf, 0, len, limits.client_write_timeout).await;
+                    let (res, hb) = client
+                        .write_range(hbuf, 0, len, limits.client_write_timeout)
+                        .await;
                     hbuf = hb;
                     if let Err(e) = res {
                         ub.release();
@@ -632,7 +606,10 @@ async fn proxy(
                 }
             }
         }
-        let res = fill(&mut up.stream, &mut ub, MAX_RESPONSE_HEAD_BYTES, deadline).await;
+        let res = up
+            .stream
+            .fill(&mut ub, MAX_RESPONSE_HEAD_BYTES, deadline)
+            .await;
         let dead = match &res {
             Ok(0) => true,
             Err(e) => e.kind() != io::ErrorKind::TimedOut,
@@ -697,7 +674,9 @@ async fn proxy(
     }
     let len = obuf.len();
     ctx.metrics.response(resp.status);
-    let (res, ob) = write_range(client, obuf, 0, len, limits.client_write_timeout).await;
+    let (res, ob) = client
+        .write_range(obuf, 0, len, limits.client_write_timeout)
+        .await;
     buffer::give(ob);
     if let Err(e) = res {
         ub.release();
@@ -713,7 +692,11 @@ async fn proxy(
     }
     while !body.is_done() {
         let deadline = Instant::now() + limits.upstream_body_timeout;
-        match fill(&mut up.stream, &mut ub, buffer::LARGE_BUF_SIZE, deadline).await {
+        match up
+            .stream
+            .fill(&mut ub, buffer::LARGE_BUF_SIZE, deadline)
+            .await
+        {
             Ok(0) => {
                 if matches!(body, Body::UntilClose) {
                     body = Body::Done;
@@ -747,8 +730,9 @@ async fn proxy(
             }
         };
         let v = std::mem::take(&mut ub.v);
-        let (res, v) =
-            write_range(client, v, start, start + out, limits.client_write_timeout).await;
+        let (res, v) = client
+            .write_range(v, start, start + out, limits.client_write_timeout)
+            .await;
         ub.v = v;
         body_bytes += out as u64;
         if let Err(e) = res {
@@ -843,7 +827,10 @@ async fn resend(
         }
     };
     let buf = std::mem::take(obuf);
-    let (res, buf) = write_range(&mut up.stream, buf, 0, len, limits.upstream_body_timeout).await;
+    let (res, buf) = up
+        .stream
+        .write_range(buf, 0, len, limits.upstream_body_timeout)
+        .await;
     *obuf = buf;
     ctx.metrics.backend(up.backend).requests.inc();
     match res {

@@ -20,8 +20,6 @@ pub struct Backend {
     pub address: SocketAddr,
     /// The configured spelling (logs).
     pub name: String,
-    /// `Host` value for HTTP/1.0 clients that sent none: the address.
-    pub host: Vec<u8>,
 }
 
 /// One worker's view of an upstream group.
@@ -51,7 +49,6 @@ impl Upstreams {
                 backends.push(Backend {
                     address: b.address,
                     name: b.name.clone(),
-                    host: b.address.to_string().into_bytes(),
                 });
             }
             groups.push(Group {
