@@ -4,18 +4,21 @@
 Usage: idle_rss.py PID PORT [N]
 Opens N connections (default 10000) to 127.0.0.1:PORT, sends one keep-alive
 GET on each and reads its response, so every connection is an idle keep-alive
-connection, then reports the proxy's RSS growth (VmRSS of PID) per connection.
+connection, waits SETTLE seconds (idle keep-alive connections are idle for
+seconds; lbd parks a connection idle for 1 s), then reports the proxy's RSS
+growth (VmRSS of PID) per connection, and its peak (VmHWM) growth.
 """
 import resource, socket, sys, time
 
-def rss_kib(pid):
+def rss_kib(pid, key="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    raise SystemExit("no VmRSS")
+    raise SystemExit(f"no {key}")
 
 BATCH = 100
+SETTLE = 3
 
 def main():
     pid, port = int(sys.argv[1]), int(sys.argv[2])
@@ -38,10 +41,11 @@ def main():
     for c in conns[len(conns) - len(conns) % BATCH:]:
         c.settimeout(10)
         c.recv(65536)
-    time.sleep(1)
+    time.sleep(SETTLE)
     after = rss_kib(pid)
+    peak = rss_kib(pid, "VmHWM")
     print(f"connections={n} rss_before_kib={before} rss_after_kib={after} "
-          f"per_conn_kib={(after - before) / n:.2f}")
+          f"peak_kib={peak} per_conn_kib={(after - before) / n:.2f}")
     for c in conns:
         c.close()
 

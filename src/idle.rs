@@ -96,17 +96,17 @@ impl IdleTimers {
         self.len() == 0
     }
 
-    /// Awaits `fut` until `timeout` passes (as seen by the sweep). `None` on
-    /// timeout. The future is borrowed pinned, so the caller's state holds it
-    /// once (an idle connection's memory is mostly this state).
+    /// Awaits `fut` until `deadline` passes (as seen by the sweep). `None`
+    /// on timeout. The future is borrowed pinned, so the caller's state holds
+    /// it once (an idle connection's memory is mostly this state).
     pub fn within<'a, F: Future>(
         &'a self,
-        timeout: Duration,
+        deadline: Instant,
         fut: Pin<&'a mut F>,
     ) -> Within<'a, F> {
         Within {
             timers: self,
-            id: self.insert(Instant::now() + timeout),
+            id: self.insert(deadline),
             fut,
         }
     }
@@ -157,7 +157,7 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         {
             let mut p = std::pin::pin!(pending::<()>());
-            let mut f = std::pin::pin!(t.within(Duration::from_millis(0), p.as_mut()));
+            let mut f = std::pin::pin!(t.within(Instant::now(), p.as_mut()));
             // Not swept yet: pending.
             assert!(f.as_mut().poll(&mut cx).is_pending());
             assert_eq!(t.len(), 1);
@@ -173,7 +173,7 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut p = std::pin::pin!(async { 7 });
-        let mut f = std::pin::pin!(t.within(Duration::from_secs(60), p.as_mut()));
+        let mut f = std::pin::pin!(t.within(Instant::now() + Duration::from_secs(60), p.as_mut()));
         assert_eq!(f.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
         t.sweep(Instant::now());
     }
@@ -182,8 +182,12 @@ mod tests {
     fn slots_are_reused() {
         let t = IdleTimers::default();
         let mut p = std::pin::pin!(pending::<()>());
-        let a = t.within(Duration::from_secs(1), p.as_mut()).id;
-        let b = t.within(Duration::from_secs(1), p.as_mut()).id;
+        let a = t
+            .within(Instant::now() + Duration::from_secs(1), p.as_mut())
+            .id;
+        let b = t
+            .within(Instant::now() + Duration::from_secs(1), p.as_mut())
+            .id;
         assert_eq!(a, b);
         assert!(t.is_empty());
     }

@@ -17,6 +17,7 @@
 //!   ([`upstream::select`]) and idle connection pool ([`upstream::pool`]).
 //! * [`buffer`]: the per-worker I/O buffer free list.
 //! * [`idle`]: coarse per-worker deadlines for idle connections.
+//! * [`park`]: idle keep-alive connections parked without a task (epoll set).
 //! * [`error`]: proxy errors: who failed, retry safety, status mapping.
 //! * [`health`]: the checker thread, the shared health bitmap, passive marks.
 //! * [`signals`]: the signal thread: drain, upgrade, log reopen.
@@ -43,6 +44,7 @@ pub mod idle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod session;
 pub mod signals;
 pub mod stream;

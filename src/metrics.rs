@@ -98,6 +98,9 @@ pub struct WorkerMetrics {
     pub connections_active: Counter,
     /// Client connections accepted.
     pub connections_total: Counter,
+    /// Idle client connections parked without a task (gauge, part of
+    /// `connections_active`).
+    pub connections_parked: Counter,
     /// By global backend id.
     pub backends: Box<[BackendCounters]>,
 }
@@ -109,6 +112,7 @@ impl WorkerMetrics {
             responses: Default::default(),
             connections_active: Counter::default(),
             connections_total: Counter::default(),
+            connections_parked: Counter::default(),
             backends: (0..backends).map(|_| BackendCounters::default()).collect(),
         }
     }
@@ -368,6 +372,16 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         o,
         "lbd_connections_active {}",
         sum(w, |m| m.connections_active.get())
+    );
+    let _ = writeln!(
+        o,
+        "# HELP lbd_connections_parked Idle keep-alive client connections parked without a task (included in lbd_connections_active)."
+    );
+    let _ = writeln!(o, "# TYPE lbd_connections_parked gauge");
+    let _ = writeln!(
+        o,
+        "lbd_connections_parked {}",
+        sum(w, |m| m.connections_parked.get())
     );
     let _ = writeln!(
         o,

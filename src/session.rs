@@ -29,11 +29,12 @@ use crate::http::response::{
     parse_response, RequestContext, ResponseHead, MAX_RESPONSE_HEAD_BYTES,
 };
 use crate::http::{self, Framing};
+use crate::park::{ConnInfo, PARK_AFTER};
 use crate::stream::Stream;
 use crate::worker::WorkerCtx;
 
 /// How long an idle keep-alive connection stays open once draining began.
-const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
+pub const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Where a message body stands.
 enum Body {
@@ -114,16 +115,33 @@ struct Upstream {
     reused: bool,
 }
 
-/// Serves one client connection until it closes, errs or times out.
-pub async fn serve(
-    ctx: Rc<WorkerCtx>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    listener: usize,
-    group: usize,
-) {
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The connection is closed.
+    Closed,
+    /// The connection went on idle into the worker's parking lot.
+    Parked,
+}
+
+/// Serves one client connection until it closes, errs, times out or parks.
+/// `info.served` is 0 for a new connection, or the count of a connection
+/// coming back from the parking lot.
+pub async fn serve(ctx: Rc<WorkerCtx>, tcp: TcpStream, info: ConnInfo) -> End {
+    let ConnInfo {
+        peer,
+        listener,
+        group,
+        served: already,
+    } = info;
     let limits = &ctx.config.limits;
-    let mut client = match ctx.listener_tls(listener) {
+    // A parked connection is plain TCP (TLS ones never park).
+    let tls = if already == 0 {
+        ctx.listener_tls(listener)
+    } else {
+        None
+    };
+    let mut client = match tls {
         None => Stream::plain(tcp),
         // Boxed: the handshake's state is only needed until it completes, so
         // it must not widen every connection's future.
@@ -131,12 +149,12 @@ pub async fn serve(
             Ok(s) => s,
             Err(e) => {
                 log::debug!("{peer}: TLS handshake failed: {e}");
-                return;
+                return End::Closed;
             }
         },
     };
     let mut cbuf: Option<InBuf> = None;
-    let mut served: u64 = 0;
+    let mut served: u64 = already;
     // The first request's head must be complete within `header_timeout` of
     // the connection being accepted (idle wait included); later requests'
     // heads within `header_timeout` of their first byte.
@@ -152,35 +170,67 @@ pub async fn serve(
             } else {
                 limits.keepalive_timeout
             };
+            // A keep-alive connection idle for PARK_AFTER leaves this task
+            // for the worker's parking lot (see `park`).
+            let may_park = served > 0
+                && idle_limit > PARK_AFTER
+                && matches!(client, Stream::Plain(_))
+                && ctx.lot.enabled();
             // While draining, an idle connection gets one short window for a
             // request already on its way (served with Connection: close),
             // then closes: closing at once would race with such a request.
             let mut drain_window_used = false;
-            loop {
+            let park = loop {
+                let parking = may_park && !ctx.shutting_down();
                 let wait = if ctx.shutting_down() {
                     drain_window_used = true;
                     idle_limit.min(DRAIN_IDLE_WINDOW)
+                } else if parking {
+                    PARK_AFTER
                 } else {
                     idle_limit
                 };
                 let readable = std::pin::pin!(client.readable());
-                match ctx.idle.within(wait, readable).await {
-                    Some(Ok(())) => break,
-                    Some(Err(_)) => return,
+                match ctx.idle.within(ctx.coarse_now() + wait, readable).await {
+                    Some(Ok(())) => break false,
+                    Some(Err(_)) => return End::Closed,
                     None if ctx.shutting_down() && !drain_window_used => continue,
-                    None => return,
+                    None if parking && !ctx.shutting_down() => break true,
+                    None => return End::Closed,
                 }
+            };
+            if park {
+                let Stream::Plain(tcp) = &client else {
+                    return End::Closed;
+                };
+                let info = ConnInfo {
+                    peer,
+                    listener,
+                    group,
+                    served,
+                };
+                // The rest of the keep-alive timeout, as coarse as the sweep.
+                let deadline = std::time::Instant::now() + (idle_limit - PARK_AFTER);
+                return match ctx.lot.park(tcp, info, deadline) {
+                    Ok(()) => End::Parked,
+                    Err(e) => {
+                        log::debug!("{peer}: cannot park idle connection: {e}");
+                        End::Closed
+                    }
+                };
             }
             cbuf = Some(InBuf::new());
         }
-        let Some(mut cb) = cbuf.take() else { return };
+        let Some(mut cb) = cbuf.take() else {
+            return End::Closed;
+        };
         // The exchange's state (about 3 KiB of futures) lives in its own
         // allocation only while a request is in progress, so an idle
         // keep-alive connection costs a few hundred bytes, not kilobytes.
         let head_deadline = if served == 0 {
             first_deadline
         } else {
-            Instant::now() + limits.header_timeout
+            Instant::from_std(ctx.coarse_now()) + limits.header_timeout
         };
         let keep = match Box::pin(exchange(
             &ctx,
@@ -196,13 +246,13 @@ pub async fn serve(
             Ok(keep) => keep,
             Err(()) => {
                 cb.release();
-                return;
+                return End::Closed;
             }
         };
         served += 1;
         if !keep {
             cb.release();
-            return;
+            return End::Closed;
         }
         cbuf = Some(cb);
     }
@@ -409,7 +459,7 @@ async fn acquire(
             break;
         };
         *tries += 1;
-        if let Some(stream) = ctx.pool.borrow_mut().checkout(backend) {
+        if let Some(stream) = ctx.pool.borrow_mut().checkout(backend, ctx.coarse_now()) {
             ctx.metrics.backend(backend).pool_reuse.inc();
             return Ok(Upstream {
                 stream,
@@ -749,7 +799,9 @@ async fn proxy(
     let clean_end = ub.is_empty() && !up.stream.has_pending();
     ub.release();
     if resp.upstream_reusable && clean_end && !ctx.shutting_down() {
-        ctx.pool.borrow_mut().checkin(up.backend, up.stream);
+        ctx.pool
+            .borrow_mut()
+            .checkin(up.backend, up.stream, ctx.coarse_now());
     }
     Ok(Done {
         close_client: resp.close_client,

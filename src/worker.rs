@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use monoio::io::{CancelHandle, Canceller};
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
@@ -31,6 +31,8 @@ use crate::config::Config;
 use crate::health::{HealthMap, PassiveMarks};
 use crate::idle::IdleTimers;
 use crate::metrics::{Reply, WorkerHistograms, WorkerMetrics};
+use crate::park::{ConnInfo, ParkingLot};
+use crate::session::End;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstreams;
 
@@ -72,6 +74,12 @@ pub struct WorkerCtx {
     pub active: Cell<usize>,
     /// Deadlines of idle client connections.
     pub idle: IdleTimers,
+    /// Idle keep-alive connections parked without a task.
+    pub lot: ParkingLot,
+    /// The time as of the last housekeeping tick (at most 50 ms old), for
+    /// coarse deadlines on the request path: each clock read costs about as
+    /// much as parsing a small header.
+    clock: Cell<std::time::Instant>,
     /// This worker's counters (written here only, read by the admin thread).
     pub metrics: Arc<WorkerMetrics>,
     hist: RefCell<WorkerHistograms>,
@@ -115,6 +123,8 @@ impl WorkerCtx {
             pool: RefCell::new(pool),
             active: Cell::new(0),
             idle: IdleTimers::default(),
+            lot: ParkingLot::new(),
+            clock: Cell::new(std::time::Instant::now()),
             metrics: links.metrics,
             hist: RefCell::new(WorkerHistograms::new(links.dump_tx, links.scrape_tx)),
             listener_tls: config
@@ -153,6 +163,20 @@ impl WorkerCtx {
                     free_fields: Vec::new(),
                 })
             }),
+        }
+    }
+
+    /// The coarse clock: now, give or take 50 ms (never ahead).
+    #[inline]
+    pub fn coarse_now(&self) -> std::time::Instant {
+        self.clock.get()
+    }
+
+    /// Closes parked connections past their deadline.
+    pub fn sweep_parked(&self, now: std::time::Instant) {
+        if !self.lot.is_empty() {
+            let closed = self.lot.sweep(now);
+            self.active.set(self.active.get() - closed);
         }
     }
 
@@ -482,16 +506,26 @@ async fn serve(
             sweeper.pool.borrow_mut().sweep();
         }
     });
-    // Fire idle-connection deadlines.
+    // Fire idle-connection deadlines, close expired parked connections.
     let reaper = ctx.clone();
     monoio::spawn(async move {
         let l = &reaper.config.limits;
-        let period = crate::idle::sweep_period(l.keepalive_timeout.min(l.header_timeout));
+        let period = crate::idle::sweep_period(
+            l.keepalive_timeout
+                .min(l.header_timeout)
+                .min(crate::park::PARK_AFTER),
+        );
         loop {
             monoio::time::sleep(period).await;
-            reaper.idle.sweep(std::time::Instant::now());
+            let now = std::time::Instant::now();
+            reaper.idle.sweep(now);
+            reaper.sweep_parked(now);
         }
     });
+    // Bring parked connections back when they turn readable.
+    if ctx.lot.enabled() {
+        monoio::spawn(unpark_loop(ctx.clone()));
+    }
     // Housekeeping every 50 ms, off the request path: answer histogram
     // requests, watch for shutdown (plain loads).
     let housekeeping = ctx.clone();
@@ -499,11 +533,13 @@ async fn serve(
         loop {
             monoio::time::sleep(Duration::from_millis(50)).await;
             let c = &housekeeping;
+            c.clock.set(std::time::Instant::now());
             c.hist.borrow_mut().answer(&c.shared.requests);
             if let Some(a) = &c.access {
                 WorkerCtx::flush_access(&mut a.borrow_mut());
             }
             c.metrics.connections_active.set(c.active.get() as u64);
+            c.metrics.connections_parked.set(c.lot.len() as u64);
         }
     });
     while !ctx.shutting_down() {
@@ -515,9 +551,13 @@ async fn serve(
     for l in loops {
         l.await;
     }
-    // Wake idle connections: they get a short last window (see session).
+    // Wake idle connections: they get a short last window (see session);
+    // parked ones get the same window where they are.
     ctx.idle.fire_all();
+    ctx.lot
+        .shorten(std::time::Instant::now() + crate::session::DRAIN_IDLE_WINDOW);
     loop {
+        ctx.sweep_parked(std::time::Instant::now());
         ctx.pool.borrow_mut().clear();
         let n = ctx.active.get();
         if n == 0 {
@@ -526,6 +566,57 @@ async fn serve(
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     log::info!("worker {id}: drained");
+}
+
+/// Runs a session for a connection counted in `active`; the count drops
+/// when the connection closes (a parked connection stays counted).
+fn spawn_session(ctx: &Rc<WorkerCtx>, stream: TcpStream, info: ConnInfo) {
+    let c = ctx.clone();
+    monoio::spawn(async move {
+        if crate::session::serve(c.clone(), stream, info).await == End::Closed {
+            c.active.set(c.active.get() - 1);
+        }
+    });
+}
+
+/// Waits on the parking lot's epoll set through the ring and starts a
+/// session for every parked connection that turned readable.
+async fn unpark_loop(ctx: Rc<WorkerCtx>) {
+    // The epoll set is waited on as a readable descriptor; a Unix stream is
+    // only the carrier monoio offers for a readiness wait on a descriptor.
+    let waiter = ctx
+        .lot
+        .epoll_fd()
+        .map(std::os::unix::net::UnixStream::from)
+        .and_then(monoio::net::UnixStream::from_std);
+    let waiter = match waiter {
+        Ok(w) => w,
+        Err(e) => {
+            // Parked connections would never come back: stop parking.
+            log::error!("cannot wait on parked connections, parking is off: {e}");
+            ctx.lot.disable();
+            return;
+        }
+    };
+    let mut events = vec![nix::sys::epoll::EpollEvent::empty(); 256];
+    let mut ready = Vec::new();
+    loop {
+        if let Err(e) = waiter.readable(false).await {
+            log::warn!("waiting on parked connections failed: {e}");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        ctx.lot.ready(&mut events, &mut ready);
+        for (fd, info) in ready.drain(..) {
+            match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                Ok(stream) => spawn_session(&ctx, stream, info),
+                Err(e) => {
+                    log::debug!("{}: cannot resume parked connection: {e}", info.peer);
+                    ctx.active.set(ctx.active.get() - 1);
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -554,11 +645,13 @@ async fn accept_loop(
                 }
                 ctx.active.set(ctx.active.get() + 1);
                 ctx.metrics.connections_total.inc();
-                let c = ctx.clone();
-                monoio::spawn(async move {
-                    crate::session::serve(c.clone(), stream, peer, index, group).await;
-                    c.active.set(c.active.get() - 1);
-                });
+                let info = ConnInfo {
+                    peer,
+                    listener: index,
+                    group,
+                    served: 0,
+                };
+                spawn_session(&ctx, stream, info);
             }
             Err(_) if ctx.shutting_down() => return,
             Err(e) => {
@@ -611,7 +704,13 @@ mod size_tests {
             let s = monoio::net::TcpStream::connect_addr(addr)
                 .await
                 .expect("connect");
-            let fut = crate::session::serve(ctx, s, addr, 0, 0);
+            let info = ConnInfo {
+                peer: addr,
+                listener: 0,
+                group: 0,
+                served: 0,
+            };
+            let fut = crate::session::serve(ctx, s, info);
             let size = std::mem::size_of_val(&fut);
             eprintln!("connection future: {size} bytes");
             assert!(size <= 1024, "connection future grew to {size} bytes");

@@ -40,9 +40,9 @@ impl Pool {
     }
 
     /// Takes the most recently used live connection to `backend`, if any.
-    pub fn checkout(&mut self, backend: usize) -> Option<Stream> {
+    /// `now` may be the worker's coarse clock: idle timeouts are coarse.
+    pub fn checkout(&mut self, backend: usize, now: Instant) -> Option<Stream> {
         let stack = self.idle.get_mut(backend)?;
-        let now = Instant::now();
         while let Some(c) = stack.pop() {
             if now.duration_since(c.since) >= self.idle_timeout {
                 continue;
@@ -55,13 +55,10 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange completed cleanly.
-    pub fn checkin(&mut self, backend: usize, stream: Stream) {
+    pub fn checkin(&mut self, backend: usize, stream: Stream, now: Instant) {
         if let Some(stack) = self.idle.get_mut(backend) {
             if stack.len() < self.cap {
-                stack.push(Idle {
-                    stream,
-                    since: Instant::now(),
-                });
+                stack.push(Idle { stream, since: now });
             }
         }
     }

@@ -135,11 +135,17 @@ impl Lbd {
     /// Write `yaml` to a temp dir, spawn `lbd -c conf.yaml --threads N`,
     /// and wait until `port` accepts TCP connections.
     pub fn start(yaml: &str, port: u16, threads: usize) -> Lbd {
+        Lbd::start_with_env(yaml, port, threads, &[])
+    }
+
+    /// [`Lbd::start`] with extra environment variables for lbd.
+    pub fn start_with_env(yaml: &str, port: u16, threads: usize, env: &[(&str, &str)]) -> Lbd {
         let dir = unique_temp_dir("lbd");
         let config_path = dir.join("conf.yaml");
         fs::write(&config_path, yaml).expect("write config");
         let stderr_path = dir.join("stderr.log");
         let child = lbd_command(&config_path, threads, &dir, &stderr_path)
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn lbd");
         let mut lbd = Lbd {
@@ -185,6 +191,20 @@ impl Lbd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `limit` for the process to exit; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let t = Instant::now();
+        loop {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            if t.elapsed() > limit {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stderr(&self) -> String {
