@@ -172,52 +172,57 @@ pub async fn serve(ctx: Rc<WorkerCtx>, tcp: TcpStream, info: ConnInfo) -> End {
             };
             // A keep-alive connection idle for PARK_AFTER leaves this task
             // for the worker's parking lot (see `park`).
-            let may_park = served > 0
+            let mut may_park = served > 0
                 && idle_limit > PARK_AFTER
                 && matches!(client, Stream::Plain(_))
                 && ctx.lot.enabled();
+            let mut left = idle_limit;
             // While draining, an idle connection gets one short window for a
             // request already on its way (served with Connection: close),
             // then closes: closing at once would race with such a request.
             let mut drain_window_used = false;
-            let park = loop {
+            loop {
                 let parking = may_park && !ctx.shutting_down();
                 let wait = if ctx.shutting_down() {
                     drain_window_used = true;
-                    idle_limit.min(DRAIN_IDLE_WINDOW)
+                    left.min(DRAIN_IDLE_WINDOW)
                 } else if parking {
                     PARK_AFTER
                 } else {
-                    idle_limit
+                    left
                 };
-                let readable = std::pin::pin!(client.readable());
-                match ctx.idle.within(ctx.coarse_now() + wait, readable).await {
-                    Some(Ok(())) => break false,
+                let woke = {
+                    let readable = std::pin::pin!(client.readable());
+                    ctx.idle.within(ctx.coarse_now() + wait, readable).await
+                };
+                match woke {
+                    Some(Ok(())) => break,
                     Some(Err(_)) => return End::Closed,
                     None if ctx.shutting_down() && !drain_window_used => continue,
-                    None if parking && !ctx.shutting_down() => break true,
+                    None if parking && !ctx.shutting_down() => {
+                        left = left.saturating_sub(PARK_AFTER);
+                        let Stream::Plain(tcp) = &client else {
+                            return End::Closed;
+                        };
+                        let info = ConnInfo {
+                            peer,
+                            listener,
+                            group,
+                            served,
+                        };
+                        // The rest of the keep-alive timeout, as coarse as
+                        // the sweep.
+                        match ctx.lot.park(tcp, info, ctx.coarse_now() + left) {
+                            Ok(()) => return End::Parked,
+                            // Out of descriptors, say: wait here instead.
+                            Err(e) => {
+                                log::debug!("{peer}: cannot park idle connection: {e}");
+                                may_park = false;
+                            }
+                        }
+                    }
                     None => return End::Closed,
                 }
-            };
-            if park {
-                let Stream::Plain(tcp) = &client else {
-                    return End::Closed;
-                };
-                let info = ConnInfo {
-                    peer,
-                    listener,
-                    group,
-                    served,
-                };
-                // The rest of the keep-alive timeout, as coarse as the sweep.
-                let deadline = std::time::Instant::now() + (idle_limit - PARK_AFTER);
-                return match ctx.lot.park(tcp, info, deadline) {
-                    Ok(()) => End::Parked,
-                    Err(e) => {
-                        log::debug!("{peer}: cannot park idle connection: {e}");
-                        End::Closed
-                    }
-                };
             }
             cbuf = Some(InBuf::new());
         }

@@ -138,7 +138,8 @@ fn many_parked_connections_come_back_on_the_epoll_fallback() {
     many_parked_connections_come_back(&[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
 }
 
-/// Parking does not extend the keep-alive timeout, nor cut it short.
+/// Parking does not extend the keep-alive timeout, nor cut it short (the
+/// coarse clock may bring it forward by up to 100 ms).
 #[test]
 fn parked_connection_closes_at_its_keepalive_timeout() {
     let (_origin, lbd, admin) = start("  keepalive_timeout_ms: 3000\n");
@@ -151,7 +152,7 @@ fn parked_connection_closes_at_its_keepalive_timeout() {
     }
     let idle = idle_since.elapsed();
     assert!(
-        idle >= Duration::from_millis(2900) && idle < Duration::from_secs(6),
+        idle >= Duration::from_millis(2800) && idle < Duration::from_secs(6),
         "closed after {idle:?} idle"
     );
     wait_metric(admin, "lbd_connections_active", 0, Duration::from_secs(1));
