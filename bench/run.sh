@@ -3,7 +3,7 @@
 # forwarder ("floor") and no proxy at all ("direct"). See bench/bench.py for
 # the layout, contenders and scenarios, bench/results/ for the output.
 #
-# Usage: bench/run.sh [--quick] [--cpus PROXY:LOAD] [--build] [bench.py options]
+# Usage: bench/run.sh [--quick] [--cpus PROXY:LOAD] [--build] [--pingora] [bench.py options]
 #   --quick        small bodies, keep-alive + close, 1k idle conns, 1 run (< 60 s)
 #   --cpus 1:0     taskset CPU lists: proxy on CPU 1, wrk/oha + origins on CPU 0
 #                  (default). On a bigger box e.g. --cpus 4:0-3 keeps the
@@ -11,6 +11,11 @@
 #                  one worker.
 #   --build        rebuild lbd, examples/origin and examples/floor even if
 #                  they exist (default: build only what is missing)
+#   --pingora      add Pingora's load balancer (bench/pingora-lb, crate pingora
+#                  with the lb feature) to the contenders; builds it first when
+#                  missing (about 5 minutes, needs cmake), except in --quick,
+#                  which never builds it (then it is skipped with a note). Once
+#                  built, a full run includes it without --pingora.
 #   other options go to bench.py (--runs, --duration, --idle, --origin, ...)
 #
 # Fresh Debian box: installs wrk, nginx-light, haproxy with apt when missing;
@@ -23,11 +28,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 build=0 args=()
+quick=0 build=0 pingora=0 args=()
 while (($#)); do
     case $1 in
         --quick) quick=1; args+=(--quick) ;;
         --build) build=1 ;;
+        --pingora) pingora=1; args+=(--pingora) ;;
         --cpus) args+=(--cpus "$2"); shift ;;
         *) args+=("$1") ;;
     esac
@@ -62,6 +68,18 @@ if ((build)) || [ ! -x target/release/lbd ] || [ ! -x target/release/examples/or
     [ ! -x target/release/examples/floor ]; then
     echo "bench: cargo build --release (LTO: about 1.5 min)" >&2
     cargo build --release --bin lbd --example origin --example floor >&2
+fi
+
+pingora_bin=bench/pingora-lb/target/release/pingora-lb
+if ((pingora)) && ! ((quick)) && { ((build)) || [ ! -x "$pingora_bin" ]; }; then
+    if ! command -v cmake >/dev/null; then  # libz-ng-sys (flate2 in pingora-core) builds zlib-ng with cmake
+        echo "bench: installing cmake with apt-get (Pingora's build needs it)" >&2
+        sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+        "${sudo_[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq cmake >&2
+    fi
+    echo "bench: building Pingora's load balancer (bench/pingora-lb, own target dir): takes about 5 minutes" >&2
+    cargo build --release --manifest-path bench/pingora-lb/Cargo.toml >&2
 fi
 
 # 10k idle connections need 10k fds in the client and 10k-20k in each proxy.
