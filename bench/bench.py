@@ -7,7 +7,11 @@ run that, not this. Standard library only.
 Layout (same for every contender): the proxy alone on the proxy CPU (CPU 1
 on a 2-core box), the load generator (wrk/oha) and the origins on the load
 CPU (CPU 0). One worker per proxy, keep-alive pool to the origins, round
-robin over two origins, logging off.
+robin over two origins, logging off. All contenders of a body size run at
+once, each idle while another is measured, and runs are interleaved (run 1
+of every contender, then run 2, ...): this VM has slow and fast phases of
+tens of seconds (±25% CPU/request for every process alike), which would
+otherwise favour whoever is measured in a fast one.
 
 Contenders:
   direct   wrk/oha straight to one origin (the baseline, no proxy)
@@ -54,7 +58,10 @@ Scenarios (per contender):
                               RSS growth per connection (bench/idle_rss.py)
 Per contender and scenario: req/s, p50/p99/p99.9, errors (socket errors,
 non-2xx), proxy CPU µs/request (/proc/PID/task/*/schedstat, all threads),
-peak RSS (VmHWM). The median over --runs runs is reported.
+peak RSS (VmHWM). The median over --runs runs is reported. For lbd, its own
+latency histogram of each run (SIGUSR1 dump, request head read to last
+response byte written) is kept beside the client's view: a second table, and
+dashed lines in the SVG on the same axes.
 """
 import argparse
 import datetime
@@ -75,7 +82,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 REL = os.path.join(ROOT, "target", "release")
-LBD = os.path.join(REL, "lbd")
+# LBD_BIN=path compares another build of lbd (e.g. before/after a change).
+LBD = os.environ.get("LBD_BIN") or os.path.join(REL, "lbd")
 FLOOR = os.path.join(REL, "examples", "floor")
 ORIGIN = os.path.join(REL, "examples", "origin")
 PINGORA_DIR = os.path.join(BENCH, "pingora-lb")
@@ -218,6 +226,39 @@ class Server:
         return self.proc.poll() is None
 
 
+# ---------------------------------------------------------------- .hgrm
+
+def hgrm_rows(text):
+    """(value, percentile 0..1, total count) rows of an HdrHistogram
+    percentile-distribution file."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and not line.lstrip().startswith("#"):
+            try:
+                rows.append((float(parts[0]), float(parts[1]), int(parts[2])))
+            except ValueError:
+                pass  # the column header
+    return rows
+
+
+def hgrm_count(text):
+    rows = hgrm_rows(text)
+    return rows[-1][2] if rows else 0
+
+
+def hgrm_percentiles(text, ps=("50", "90", "99", "99.9", "99.99")):
+    """Value (µs) at each percentile: the first row at or above it."""
+    rows = hgrm_rows(text)
+    out = {}
+    for p in ps:
+        want = float(p) / 100
+        v = next((val for val, q, _ in rows if q >= want - 1e-12), rows[-1][0] if rows else None)
+        if v is not None:
+            out[p] = v
+    return out
+
+
 # ---------------------------------------------------------------- configs
 
 def body(size):
@@ -341,9 +382,10 @@ backend be
 {srv}"""
 
 
-def lbd_conf(port, backends):
+def lbd_conf(port, backends, hist):
     b = ", ".join(f"127.0.0.1:{x}" for x in backends)
     return f"""threads: 1
+histogram_file: {hist}
 listeners:
   - address: 127.0.0.1:{port}
 upstreams:
@@ -378,6 +420,7 @@ class Bench:
         self.origins = []
         self.results = []  # dicts
         self.notes = []
+        self.hist_seq = 0
         self.oha = shutil.which("oha") or (
             os.path.join(BENCH, ".tools", "bin", "oha")
             if os.path.exists(os.path.join(BENCH, ".tools", "bin", "oha")) else None)
@@ -429,7 +472,7 @@ class Bench:
         elif name == "lbd":
             conf = os.path.join(self.work, "lbd.yaml")
             with open(conf, "w") as f:
-                f.write(lbd_conf(port, backends))
+                f.write(lbd_conf(port, backends, os.path.join(self.work, "lbd-latency.hgrm")))
             env = dict(os.environ, RUST_LOG="warn")
             s = Server("lbd", [LBD, "-c", conf, "--threads", "1"], self.proxy_cpus, self.work, env=env)
         elif name == "nginx":
@@ -527,12 +570,31 @@ class Bench:
         return r
 
     def collect_lbd_histogram(self, srv, tag):
-        # TODO(issue: SIGUSR1 histogram dump): once lbd dumps an HdrHistogram on
-        # SIGUSR1 (lbd-<pid>-<unix_ms>.hgrm), send it here: once after the
-        # warmup (discard) and once after each measured run (keep), move the
-        # file into the results and plot it on the same axes as oha's
-        # percentiles. Never broadcast USR1: HAProxy soft-stops on it.
-        return None
+        """SIGUSR1 to lbd (never broadcast: HAProxy soft-stops on USR1); lbd
+        writes the latency histogram of the interval since its previous dump
+        to histogram_file. Called after the warmup (discarded) and after each
+        measured run, so each dump covers exactly one run. Returns
+        {"count", "percentiles_us", "file"} or None."""
+        if not srv or srv.name != "lbd" or not srv.alive():
+            return None
+        path = os.path.join(self.work, "lbd-latency.hgrm")
+        before = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
+        os.kill(srv.proc.pid, signal.SIGUSR1)
+        t = time.time()
+        while time.time() - t < 3:
+            if os.path.exists(path) and os.stat(path).st_mtime_ns != before:
+                break
+            time.sleep(0.02)
+        else:
+            self.note(f"lbd wrote no histogram on SIGUSR1 ({tag})")
+            return None
+        with open(path) as f:
+            text = f.read()
+        self.hist_seq += 1
+        keep = os.path.join(self.work, f"lbd-{self.hist_seq:03d}-{tag}.hgrm")
+        with open(keep, "w") as f:
+            f.write(text)
+        return {"count": hgrm_count(text), "percentiles_us": hgrm_percentiles(text), "file": os.path.basename(keep)}
 
     # scenarios ----------------------------------------------------------
     def record(self, contender, scenario, runs, extra=None):
@@ -548,6 +610,9 @@ class Bench:
         best = sorted(runs, key=lambda r: r.get("p99_us", 0))[len(runs) // 2] if runs else {}
         row = {"contender": contender, "scenario": scenario, "median": med, "runs": runs,
                "percentiles_us": best.get("percentiles_us", {})}
+        if best.get("lbd_hist"):
+            # lbd's own view of the same run (head read -> last byte written).
+            row["lbd_hist"] = best["lbd_hist"]
         if extra:
             row.update(extra)
         self.results.append(row)
@@ -558,35 +623,66 @@ class Bench:
             f"{m.get('proxy_cpu_foreign_pct')}%")
         return row
 
-    def wrk_scenario(self, name, srv, port, scenario, extra=(), warmup=True, duration=None):
-        d = duration or self.a.duration
-        if warmup:
-            self.wrk(port, self.a.warmup, extra)  # warmup, discarded
-        self.collect_lbd_histogram(srv, "warmup") if name == "lbd" else None
-        runs = [self.measured(srv, lambda: self.wrk(port, d, extra)) for _ in range(self.a.runs)]
-        return self.record(name, scenario, runs)
+    def start_all(self, size):
+        """Starts every contender for body `size` at once (each on its own
+        port, idle while another is measured): runs are interleaved across
+        contenders, so a slow phase of the VM (they come and go for tens of
+        seconds here) hits every contender alike instead of one of them."""
+        started = []
+        try:
+            for name in self.a.contenders:
+                srv, port = self.start(name, size)
+                started.append((name, srv, port))
+        except BaseException:
+            self.stop_all(started)
+            raise
+        return started
+
+    def stop_all(self, started):
+        for _, srv, _ in started:
+            if srv:
+                srv.stop()
+                self.check_log(srv)
+
+    def interleaved(self, started, scenario, run_fn, warmup_fn=None, extra=None):
+        """Warms every contender up, then takes run i of every contender
+        before run i+1 of any; records one row per contender."""
+        for name, srv, port in started:
+            if warmup_fn:
+                warmup_fn(port)
+            self.collect_lbd_histogram(srv, "warmup")
+        runs = {name: [] for name, _, _ in started}
+        for _ in range(self.a.runs):
+            for name, srv, port in started:
+                r = self.measured(srv, lambda: run_fn(port))
+                r["lbd_hist"] = self.collect_lbd_histogram(srv, scenario)
+                runs[name].append(r)
+        for name, _, _ in started:
+            self.record(name, scenario, runs[name], extra)
 
     def run(self):
         a = self.a
         self.start_origins()
         sizes = a.sizes.split(",") if a.sizes else ["small"] if a.quick else ["small", "1k", "64k"]
         sizes = [x for x in sizes if x != "none"]
+        d = a.duration
         try:
             for size in sizes:
-                for name in a.contenders:
-                    srv, port = self.start(name, size)
-                    try:
-                        self.wrk_scenario(name, srv, port, f"ka-{size}")
-                        if size == "small":
-                            # quick: the keep-alive run just warmed this server up
-                            self.wrk_scenario(name, srv, port, "close-small", ["-H", "Connection: close"],
-                                              warmup=not a.quick, duration=2 if a.quick else None)
-                            if a.idle:
+                started = self.start_all(size)
+                try:
+                    self.interleaved(started, f"ka-{size}", lambda port: self.wrk(port, d),
+                                     lambda port: self.wrk(port, a.warmup))
+                    if size == "small":
+                        close = ["-H", "Connection: close"]
+                        cd = 2 if a.quick else d
+                        # quick: the keep-alive runs just warmed the servers up
+                        self.interleaved(started, "close-small", lambda port: self.wrk(port, cd, close),
+                                         None if a.quick else (lambda port: self.wrk(port, a.warmup, close)))
+                        if a.idle:
+                            for name, srv, port in started:
                                 self.idle(name, srv, port)
-                    finally:
-                        if srv:
-                            srv.stop()
-                            self.check_log(srv)
+                finally:
+                    self.stop_all(started)
             if not a.no_rate:
                 self.rate_scenarios()
         finally:
@@ -598,7 +694,8 @@ class Bench:
             return
         pid = srv.work_pids()[0]
         out = subprocess.run(["taskset", "-c", self.load_cpus, sys.executable, os.path.join(BENCH, "idle_rss.py"),
-                              str(pid), str(port), str(self.a.idle)], capture_output=True, text=True, timeout=300)
+                              str(pid), str(port), str(self.a.idle), "2" if self.a.quick else "3"],
+                             capture_output=True, text=True, timeout=300)
         m = re.search(r"per_conn_kib=([-\d.]+)", out.stdout)
         if not m:
             self.note(f"idle_rss for {name} failed: {out.stdout.strip()} {out.stderr.strip()[-300:]}")
@@ -629,20 +726,15 @@ class Bench:
             plan = [(f"rate-{p}", int(round(weakest * p / 100, -2))) for p in ([50] if self.a.quick else [25, 50, 75])]
         else:
             return
-        for name in self.a.contenders:
-            srv, port = self.start(name, "small")
-            try:
-                if not self.a.quick:
-                    self.oha_run(port, 1, 1000)  # warmup
-                d = 2 if self.a.quick else self.a.duration
-                for scenario, rate in plan:
-                    runs = [self.measured(srv, lambda: self.oha_run(port, d, rate))
-                            for _ in range(self.a.runs)]
-                    self.record(name, scenario, runs, {"offered_rps": rate})
-            finally:
-                if srv:
-                    srv.stop()
-                    self.check_log(srv)
+        started = self.start_all("small")
+        try:
+            d = 2 if self.a.quick else self.a.duration
+            warm = None if self.a.quick else (lambda port: self.oha_run(port, 1, 1000))
+            for i, (scenario, rate) in enumerate(plan):
+                self.interleaved(started, scenario, lambda port: self.oha_run(port, d, rate),
+                                 warm if i == 0 else None, {"offered_rps": rate})
+        finally:
+            self.stop_all(started)
 
     def check_log(self, srv):
         """Anything a contender logged (lbd runs with RUST_LOG=warn) is worth a look."""
@@ -662,6 +754,27 @@ def fmt(v, nd=0):
     if v is None:
         return "-"
     return f"{v:,.{nd}f}"
+
+
+def own_table(results):
+    """lbd's SIGUSR1 histogram of the run reported in the table, beside the
+    client's view of the same run: lbd counts from the request head read to
+    the last response byte written, so the difference is the time in the
+    kernel, the generator and the queue in front of lbd."""
+    rows = [r for r in results if (r.get("lbd_hist") or {}).get("percentiles_us")]
+    if not rows:
+        return ""
+    out = ["", "lbd's own latency histogram (SIGUSR1 dump of the same run) vs the client's, µs:",
+           f"{'scenario':20s} {'requests':>9s} {'own p50':>8s} {'own p99':>8s} {'own p99.9':>9s}"
+           f" {'client p50':>10s} {'client p99':>10s}"]
+    for r in rows:
+        h, m = r["lbd_hist"], r["median"]
+        p = h["percentiles_us"]
+        best = r.get("percentiles_us", {})
+        out.append(f"{r['scenario']:20s} {h['count']:9d} {p.get('50', 0):8.0f} {p.get('99', 0):8.0f}"
+                   f" {p.get('99.9', 0):9.0f} {best.get('50', m.get('p50_us', 0)):10.0f}"
+                   f" {best.get('99', m.get('p99_us', 0)):10.0f}")
+    return "\n".join(out)
 
 
 def table(results):
@@ -754,6 +867,18 @@ def svg_plot(results, path):
             ly = oy + MT + 12 + 16 * j
             out.append(f'<line x1="{ox + W - MR + 10}" x2="{ox + W - MR + 30}" y1="{ly - 4}" y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
             out.append(f'<text x="{ox + W - MR + 34}" y="{ly}">{r["contender"]}</text>')
+        # lbd's own SIGUSR1 histogram of the same run, dashed, same axes.
+        own = [r for r in rs if (r.get("lbd_hist") or {}).get("percentiles_us")]
+        for r in own:
+            pts = sorted((float(k), v) for k, v in r["lbd_hist"]["percentiles_us"].items()
+                         if v and v > 0 and float(k) >= 50)
+            pts = [(p, min(max(v, lo), hi)) for p, v in pts]
+            c = COLORS.get(r["contender"], "#000")
+            poly = " ".join(f"{X(p):.1f},{Y(v):.1f}" for p, v in pts)
+            out.append(f'<polyline points="{poly}" fill="none" stroke="{c}" stroke-width="1.5" stroke-dasharray="5,3"/>')
+            ly = oy + MT + 12 + 16 * len(rs)
+            out.append(f'<line x1="{ox + W - MR + 10}" x2="{ox + W - MR + 30}" y1="{ly - 4}" y2="{ly - 4}" stroke="{c}" stroke-width="1.5" stroke-dasharray="5,3"/>')
+            out.append(f'<text x="{ox + W - MR + 34}" y="{ly}">lbd (own)</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -854,6 +979,9 @@ def main():
     b.run()
     t = table(b.results)
     print(t)
+    own = own_table(b.results)
+    if own:
+        print(own)
     print("load CPU % = busy time of the generator+origin CPU; noise % = busy time on the proxy CPU not used by\n"
           "the proxy (other work on the box; above ~10% the row is disturbed). ×floor = CPU/request over floor's in\n"
           "the same scenario (none for close-small: floor opens a backend connection per client, so it is no floor there).\n"

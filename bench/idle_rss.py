@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Measures a proxy's RSS per idle keep-alive client connection.
 
-Usage: idle_rss.py PID PORT [N]
+Usage: idle_rss.py PID PORT [N] [SETTLE]
 Opens N connections (default 10000) to 127.0.0.1:PORT, sends one keep-alive
 GET on each and reads its response, so every connection is an idle keep-alive
-connection, waits SETTLE seconds (idle keep-alive connections are idle for
-seconds; lbd parks a connection idle for 1 s), then reports the proxy's RSS
+connection, waits SETTLE seconds (default 3: idle keep-alive connections are
+idle for seconds; lbd parks a connection idle for 1 s), then reports the proxy's RSS
 growth (VmRSS of PID) per connection, and its peak (VmHWM) growth.
 """
 import resource, socket, sys, time
@@ -23,6 +23,7 @@ SETTLE = 3
 def main():
     pid, port = int(sys.argv[1]), int(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
+    settle = float(sys.argv[4]) if len(sys.argv) > 4 else SETTLE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard))
     before = rss_kib(pid)
@@ -41,7 +42,7 @@ def main():
     for c in conns[len(conns) - len(conns) % BATCH:]:
         c.settimeout(10)
         c.recv(65536)
-    time.sleep(SETTLE)
+    time.sleep(settle)
     after = rss_kib(pid)
     peak = rss_kib(pid, "VmHWM")
     print(f"connections={n} rss_before_kib={before} rss_after_kib={after} "
