@@ -941,6 +941,8 @@ def main():
         with open(a.render) as f:
             doc = json.load(f)
         print(table(doc["results"]))
+        if own_table(doc["results"]):
+            print(own_table(doc["results"]))
         for n in doc.get("notes", []):
             print("note:", n)
         svg_plot(doc["results"], os.path.splitext(a.render)[0] + ".svg")
@@ -1002,7 +1004,7 @@ def main():
     svg = os.path.join(a.out, "latency-quick.svg" if a.quick else "latency.svg")
     svg_plot(b.results, svg)
     with open(os.path.join(a.out, "latest-quick.txt" if a.quick else "latest.txt"), "w") as f:
-        f.write(t + "\n" + "".join(f"note: {n}\n" for n in b.notes))
+        f.write(t + "\n" + (own + "\n" if own else "") + "".join(f"note: {n}\n" for n in b.notes))
     log(f"done in {time.time() - t0:.0f}s; wrote {a.out}/{stamp}-{mode}.json and {svg}")
     shutil.rmtree(b.work, ignore_errors=True)
 

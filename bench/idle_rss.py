@@ -5,7 +5,7 @@ Usage: idle_rss.py PID PORT [N] [SETTLE]
 Opens N connections (default 10000) to 127.0.0.1:PORT, sends one keep-alive
 GET on each and reads its response, so every connection is an idle keep-alive
 connection, waits SETTLE seconds (default 3: idle keep-alive connections are
-idle for seconds; lbd parks a connection idle for 1 s), then reports the proxy's RSS
+idle for seconds; lbd parks a connection idle for 250 ms), then reports the proxy's RSS
 growth (VmRSS of PID) per connection, and its peak (VmHWM) growth.
 """
 import resource, socket, sys, time

@@ -155,13 +155,15 @@ pub async fn serve(ctx: Rc<WorkerCtx>, tcp: TcpStream, info: ConnInfo) -> End {
     };
     let mut cbuf: Option<InBuf> = None;
     let mut served: u64 = already;
+    // A connection back from the parking lot is readable already: no wait.
+    let mut resumed = already > 0;
     // The first request's head must be complete within `header_timeout` of
     // the connection being accepted (idle wait included); later requests'
     // heads within `header_timeout` of their first byte.
     let first_deadline = Instant::now() + limits.header_timeout;
     loop {
         // Idle: wait for bytes without holding a buffer.
-        if cbuf.as_ref().is_none_or(InBuf::is_empty) {
+        if !std::mem::take(&mut resumed) && cbuf.as_ref().is_none_or(InBuf::is_empty) {
             if let Some(b) = cbuf.take() {
                 b.release();
             }
@@ -224,11 +226,9 @@ pub async fn serve(ctx: Rc<WorkerCtx>, tcp: TcpStream, info: ConnInfo) -> End {
                     None => return End::Closed,
                 }
             }
-            cbuf = Some(InBuf::new());
         }
-        let Some(mut cb) = cbuf.take() else {
-            return End::Closed;
-        };
+        // After the idle wait: bytes are there, take a buffer for them.
+        let mut cb = cbuf.take().unwrap_or_default();
         // The exchange's state (about 3 KiB of futures) lives in its own
         // allocation only while a request is in progress, so an idle
         // keep-alive connection costs a few hundred bytes, not kilobytes.
