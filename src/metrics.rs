@@ -344,6 +344,13 @@ fn sum(workers: &[std::sync::Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> 
     workers.iter().map(|w| f(w)).sum()
 }
 
+/// One unlabelled metric: HELP, TYPE and its sample.
+fn scalar(o: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    let _ = writeln!(o, "{name} {value}");
+}
+
 /// Renders the Prometheus text exposition (format 0.0.4).
 pub fn prometheus(s: &Scrape<'_>) -> String {
     let mut o = String::with_capacity(4096);
@@ -363,35 +370,26 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
             sum(w, |m| m.responses[i].get())
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP lbd_connections_active Client connections open now."
+    scalar(
+        &mut o,
+        "lbd_connections_active",
+        "gauge",
+        "Client connections open now.",
+        sum(w, |m| m.connections_active.get()),
     );
-    let _ = writeln!(o, "# TYPE lbd_connections_active gauge");
-    let _ = writeln!(
-        o,
-        "lbd_connections_active {}",
-        sum(w, |m| m.connections_active.get())
+    scalar(
+        &mut o,
+        "lbd_connections_parked",
+        "gauge",
+        "Idle keep-alive client connections parked without a task (included in lbd_connections_active).",
+        sum(w, |m| m.connections_parked.get()),
     );
-    let _ = writeln!(
-        o,
-        "# HELP lbd_connections_parked Idle keep-alive client connections parked without a task (included in lbd_connections_active)."
-    );
-    let _ = writeln!(o, "# TYPE lbd_connections_parked gauge");
-    let _ = writeln!(
-        o,
-        "lbd_connections_parked {}",
-        sum(w, |m| m.connections_parked.get())
-    );
-    let _ = writeln!(
-        o,
-        "# HELP lbd_connections_total Client connections accepted."
-    );
-    let _ = writeln!(o, "# TYPE lbd_connections_total counter");
-    let _ = writeln!(
-        o,
-        "lbd_connections_total {}",
-        sum(w, |m| m.connections_total.get())
+    scalar(
+        &mut o,
+        "lbd_connections_total",
+        "counter",
+        "Client connections accepted.",
+        sum(w, |m| m.connections_total.get()),
     );
 
     let families: [Family; 4] = [

@@ -61,7 +61,6 @@ pub struct ParkingLot {
     epoll: Option<Epoll>,
     slots: RefCell<Vec<Option<Parked>>>,
     free: RefCell<Vec<usize>>,
-    len: Cell<usize>,
     /// Set when nothing waits on the epoll set any more.
     off: Cell<bool>,
 }
@@ -81,7 +80,6 @@ impl ParkingLot {
             epoll,
             slots: RefCell::default(),
             free: RefCell::default(),
-            len: Cell::new(0),
             off: Cell::new(false),
         }
     }
@@ -99,7 +97,7 @@ impl ParkingLot {
 
     /// Parked connections.
     pub fn len(&self) -> usize {
-        self.len.get()
+        self.slots.borrow().len() - self.free.borrow().len()
     }
 
     /// True when nothing is parked.
@@ -145,19 +143,22 @@ impl ParkingLot {
             info,
             deadline,
         });
-        self.len.set(self.len.get() + 1);
         Ok(())
     }
 
-    fn take(&self, id: usize) -> Option<Parked> {
-        let p = self.slots.borrow_mut().get_mut(id)?.take()?;
+    /// Frees slot `id`, which held `p`, and unregisters `p`.
+    fn forget(&self, id: usize, p: &Parked) {
         self.free.borrow_mut().push(id);
-        self.len.set(self.len.get() - 1);
         if let Some(e) = &self.epoll {
             // Explicit: the registration would otherwise outlive this
             // descriptor if the socket is ever duplicated again.
             let _ = e.delete(&p.fd);
         }
+    }
+
+    fn take(&self, id: usize) -> Option<Parked> {
+        let p = self.slots.borrow_mut().get_mut(id)?.take()?;
+        self.forget(id, &p);
         Some(p)
     }
 
@@ -182,18 +183,15 @@ impl ParkingLot {
 
     /// Closes parked connections whose deadline passed; returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
-        let expired: Vec<usize> = self
-            .slots
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|p| p.deadline <= now).map(|_| i))
-            .collect();
-        for &id in &expired {
-            // Dropping the descriptor closes the connection.
-            drop(self.take(id));
+        let mut closed = 0;
+        for (id, slot) in self.slots.borrow_mut().iter_mut().enumerate() {
+            if let Some(p) = slot.take_if(|p| p.deadline <= now) {
+                self.forget(id, &p);
+                closed += 1;
+                // Dropping `p` closes the connection.
+            }
         }
-        expired.len()
+        closed
     }
 
     /// Brings every deadline to `at` or earlier (drain).

@@ -4,15 +4,13 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{free_port, unique_temp_dir, Lbd, Origin};
+use support::{free_port, http_get, unique_temp_dir, Lbd, Origin};
 
 fn conf(port: u16, admin: u16, backends: &[u16], hist: &Path) -> String {
     let mut y = format!(
@@ -76,21 +74,6 @@ fn dump(lbd: &Lbd, hist: &Path) -> String {
         assert!(t.elapsed() < Duration::from_secs(5), "no dump written");
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]

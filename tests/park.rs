@@ -5,8 +5,8 @@
 
 mod support;
 
-use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{BufReader, Write};
+use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,8 @@ fn conf(port: u16, admin: u16, origin: u16, limits: &str) -> String {
 
 /// One gauge or counter from the admin endpoint.
 fn metric(admin: u16, name: &str) -> u64 {
-    let mut s = TcpStream::connect(("127.0.0.1", admin)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let (status, out) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
     out.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{out}"))

@@ -267,6 +267,23 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, msg.into())
 }
 
+/// `GET path` with `Connection: close` on a new connection (the admin
+/// endpoint, say); returns the status and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Read one CRLF-terminated line (without the CRLF). EOF before any byte is
 /// `UnexpectedEof`; a line not ending in CRLF is `InvalidData`.
 pub fn read_crlf_line<R: BufRead>(r: &mut R) -> io::Result<String> {
