@@ -11,13 +11,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{free_port, read_response, unique_temp_dir, Lbd, Origin};
-
-fn conf(port: u16, origin: u16, limits: &str) -> String {
-    format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  web:\n    backends: [127.0.0.1:{origin}]\nlimits:\n{limits}"
-    )
-}
+use support::{read_response, unique_temp_dir, LbdConf, Origin};
 
 fn get_ok(port: u16) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -43,12 +37,10 @@ fn drain(s: &mut TcpStream, limit: Duration) -> usize {
 #[test]
 fn client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let lbd = Lbd::start(
-        &conf(port, origin.port, "  client_write_timeout_ms: 300\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("client_write_timeout_ms", 300)])
+        .start();
+    let port = lbd.port;
     let size = 64 << 20;
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -73,12 +65,10 @@ fn client_that_stops_reading_is_dropped_after_the_write_timeout() {
 #[test]
 fn connection_flood_past_the_limit_is_refused_cleanly() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let _lbd = Lbd::start(
-        &conf(port, origin.port, "  max_connections_per_worker: 20\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("max_connections_per_worker", 20)])
+        .start();
+    let port = lbd.port;
     // 20 connections, each with a completed request: all admitted.
     let mut held: Vec<BufReader<TcpStream>> = (0..20)
         .map(|_| {
@@ -112,12 +102,10 @@ fn connection_flood_past_the_limit_is_refused_cleanly() {
 #[test]
 fn thousands_of_idle_connections_do_not_disturb_service() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let _lbd = Lbd::start(
-        &conf(port, origin.port, "  header_timeout_ms: 10000\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 10000)])
+        .start();
+    let port = lbd.port;
     let idle: Vec<TcpStream> = (0..3000)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("idle connect"))
         .collect();
@@ -133,12 +121,10 @@ fn thousands_of_idle_connections_do_not_disturb_service() {
 #[test]
 fn half_closed_client_gets_its_response() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let _lbd = Lbd::start(
-        &conf(port, origin.port, "  header_timeout_ms: 5000\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 5000)])
+        .start();
+    let port = lbd.port;
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     (&s).write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -155,12 +141,10 @@ fn half_closed_client_gets_its_response() {
 #[test]
 fn client_gone_mid_response_abandons_the_upstream_connection() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let _lbd = Lbd::start(
-        &conf(port, origin.port, "  header_timeout_ms: 5000\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 5000)])
+        .start();
+    let port = lbd.port;
     {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /big?size=50000000 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -179,12 +163,10 @@ fn client_gone_mid_response_abandons_the_upstream_connection() {
 #[test]
 fn client_gone_mid_request_body_abandons_the_upstream_connection() {
     let origin = Origin::start("a");
-    let port = free_port();
-    let _lbd = Lbd::start(
-        &conf(port, origin.port, "  header_timeout_ms: 5000\n"),
-        port,
-        1,
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 5000)])
+        .start();
+    let port = lbd.port;
     {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
@@ -204,14 +186,10 @@ fn client_gone_mid_request_body_abandons_the_upstream_connection() {
 #[test]
 fn running_out_of_file_descriptors_is_survived() {
     let origin = Origin::start("a");
-    let port = free_port();
+    let conf = LbdConf::front(&[origin.port]).limits(&[("header_timeout_ms", 20000)]);
+    let port = conf.port;
     let dir = unique_temp_dir("faults-fd");
-    let conf_path = dir.join("conf.yaml");
-    std::fs::write(
-        &conf_path,
-        conf(port, origin.port, "  header_timeout_ms: 20000\n"),
-    )
-    .unwrap();
+    let conf_path = conf.write(&dir);
     let log = dir.join("stderr.log");
     let mut child = Command::new("sh")
         .arg("-c")

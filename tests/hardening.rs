@@ -15,25 +15,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Minimal config in front of `backend_ports` with extra `limits:` lines
-/// (`key: value` each).
-fn config_with_limits(port: u16, backend_ports: &[u16], limits: &[(&str, u64)]) -> String {
-    let list: Vec<(u16, u32)> = backend_ports.iter().map(|&p| (p, 1)).collect();
-    let mut yaml = config(port, &list, 1);
-    if !limits.is_empty() {
-        yaml += "limits:\n";
-        for (k, v) in limits {
-            yaml += &format!("  {k}: {v}\n");
-        }
-    }
-    yaml
-}
-
-fn start_lbd(backend_ports: &[u16], limits: &[(&str, u64)]) -> Lbd {
-    let port = free_port();
-    Lbd::start(&config_with_limits(port, backend_ports, limits), port, 1)
-}
-
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(160)]).into_owned();
     if b.len() > 160 {
@@ -131,7 +112,7 @@ fn chunked_post(body: &[u8]) -> Vec<u8> {
 #[test]
 fn bad_input_matrix_is_rejected_and_never_forwarded() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut long_ext = b("5;");
     long_ext.extend(std::iter::repeat_n(b'a', 4097));
     long_ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
@@ -431,10 +412,9 @@ fn bad_input_matrix_is_rejected_and_never_forwarded() {
 #[test]
 fn oversized_heads_get_431() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(
-        &[origin.port],
-        &[("max_head_bytes", 4096), ("max_headers", 20)],
-    );
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("max_head_bytes", 4096), ("max_headers", 20)])
+        .start();
     let mut big = b("GET / HTTP/1.1\r\nHost: x\r\nX-Big: ");
     big.extend(std::iter::repeat_n(b'a', 5000));
     big.extend_from_slice(b"\r\n\r\n");
@@ -497,7 +477,7 @@ fn has_header_named(head: &str, name: &str) -> bool {
 #[test]
 fn underscore_transfer_encoding_is_opaque() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     // With a Content-Length body: framed by CL only, the underscore header
     // passes through untouched.
     let head = forwarded_head(
@@ -525,7 +505,7 @@ fn underscore_transfer_encoding_is_opaque() {
 #[test]
 fn bare_lf_head_is_reemitted_with_crlf() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let head = forwarded_head(
         &lbd,
         &origin,
@@ -542,7 +522,7 @@ fn bare_lf_head_is_reemitted_with_crlf() {
 #[test]
 fn absolute_form_becomes_origin_form_with_authority_host() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let head = forwarded_head(
         &lbd,
         &origin,
@@ -564,7 +544,7 @@ fn absolute_form_becomes_origin_form_with_authority_host() {
 #[test]
 fn connection_cannot_strip_xff_and_hop_by_hop_is_removed() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     // `Connection: close, X-Forwarded-For` drops the client's XFF value but
     // lbd's own X-Forwarded-For is still added.
     let mut c = lbd.client();
@@ -613,7 +593,7 @@ fn connection_cannot_strip_xff_and_hop_by_hop_is_removed() {
 #[test]
 fn http10_without_host_gets_backend_host_and_close() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(b"GET /ten HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     let r = c.response();
@@ -630,7 +610,7 @@ fn http10_without_host_gets_backend_host_and_close() {
 #[test]
 fn expect_100_continue_is_answered_by_lbd_and_not_forwarded() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(b"PUT /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
     let interim = c.response();
@@ -648,7 +628,7 @@ fn expect_100_continue_is_answered_by_lbd_and_not_forwarded() {
 #[test]
 fn chunked_request_forwarded_with_extensions_and_trailers() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n");
     let r = c.response();
@@ -680,7 +660,7 @@ fn assert_bad_response_502(response: &str) {
         write_step(response),
         Step::AwaitPeerClose(Duration::from_secs(3)),
     ]]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/bad"));
     let r = c.response();
@@ -736,7 +716,7 @@ fn origin_bad_chunk_mid_body_cuts_the_client() {
         write_step("5\r\nworldXX\r\n0\r\n\r\n"),
         Step::AwaitPeerClose(Duration::from_secs(3)),
     ]]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/cut"));
     match c.read_response(false) {
@@ -769,7 +749,7 @@ fn origin_bytes_beyond_content_length_are_dropped_and_connection_not_reused() {
             Step::Hang,
         ],
     ]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/one"));
     let r = c.response();
@@ -790,7 +770,7 @@ fn origin_bytes_beyond_content_length_are_dropped_and_connection_not_reused() {
 #[test]
 fn origin_reset_before_headers_gives_502() {
     let origin = FaultOrigin::start(vec![vec![Step::ReadRequest, Step::Reset]]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/rst"));
     let r = c.response();
@@ -801,7 +781,7 @@ fn origin_reset_before_headers_gives_502() {
 #[test]
 fn origin_close_before_headers_gives_502() {
     let origin = FaultOrigin::start(vec![vec![Step::ReadRequest, Step::Close]]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/fin"));
     let r = c.response();
@@ -824,7 +804,7 @@ fn origin_closing_idle_pooled_connection_is_never_used() {
             Step::Hang,
         ],
     ]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/one"));
     assert_eq!(c.response().body_str(), "ok");
@@ -840,7 +820,9 @@ fn origin_closing_idle_pooled_connection_is_never_used() {
 #[test]
 fn origin_that_never_answers_gives_504_after_response_timeout() {
     let origin = FaultOrigin::start(vec![vec![Step::ReadRequest, Step::Hang]]);
-    let lbd = start_lbd(&[origin.port], &[("upstream_response_timeout_ms", 300)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("upstream_response_timeout_ms", 300)])
+        .start();
     let mut c = lbd.client();
     let t0 = Instant::now();
     c.send(&get("/hang"));
@@ -863,7 +845,9 @@ fn origin_trickling_response_head_does_not_extend_the_timeout() {
     }
     script.push(Step::Hang);
     let origin = FaultOrigin::start(vec![script]);
-    let lbd = start_lbd(&[origin.port], &[("upstream_response_timeout_ms", 500)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("upstream_response_timeout_ms", 500)])
+        .start();
     let mut c = lbd.client();
     let t0 = Instant::now();
     c.send(&get("/trickle"));
@@ -884,7 +868,7 @@ fn origin_reset_mid_body_cuts_the_client() {
         Step::Sleep(Duration::from_millis(100)),
         Step::Reset,
     ]]);
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(&get("/mid"));
     match c.read_response(false) {
@@ -908,7 +892,9 @@ fn origin_reset_mid_body_cuts_the_client() {
 #[test]
 fn slowloris_head_gets_408_at_header_timeout() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[("header_timeout_ms", 500)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 500)])
+        .start();
     let stream = TcpStream::connect(lbd.addr()).unwrap();
     stream.set_nodelay(true).unwrap();
     stream
@@ -952,7 +938,9 @@ fn slowloris_head_gets_408_at_header_timeout() {
 #[test]
 fn silent_connection_is_closed_after_header_timeout() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[("header_timeout_ms", 300)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("header_timeout_ms", 300)])
+        .start();
     let mut c = lbd.client();
     let t0 = Instant::now();
     if let Err(e) = c.check_closed(Duration::from_secs(3)) {
@@ -965,7 +953,9 @@ fn silent_connection_is_closed_after_header_timeout() {
 #[test]
 fn stalled_request_body_gets_408() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[("body_timeout_ms", 300)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("body_timeout_ms", 300)])
+        .start();
     let mut c = lbd.client();
     let t0 = Instant::now();
     c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
@@ -980,7 +970,9 @@ fn stalled_request_body_gets_408() {
 #[test]
 fn idle_keepalive_connection_is_closed() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[("keepalive_timeout_ms", 300)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("keepalive_timeout_ms", 300)])
+        .start();
     let mut c = lbd.client();
     assert_eq!(c.get("/").status, 200);
     let t0 = Instant::now();
@@ -994,7 +986,9 @@ fn idle_keepalive_connection_is_closed() {
 #[test]
 fn keepalive_requests_limit_closes() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[("keepalive_requests", 3)]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("keepalive_requests", 3)])
+        .start();
     let mut c = lbd.client();
     for i in 0..3 {
         let r = c.get("/");
@@ -1011,7 +1005,7 @@ fn keepalive_requests_limit_closes() {
 #[test]
 fn request_pipelined_after_a_bad_one_is_not_forwarded() {
     let origin = Origin::start("o");
-    let lbd = start_lbd(&[origin.port], &[]);
+    let lbd = LbdConf::front(&[origin.port]).start();
     let mut c = lbd.client();
     c.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxxGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.response().status, 200);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{free_port, read_response, Lbd};
+use support::{free_port, read_response, LbdConf};
 
 /// A minimal keep-alive origin that can be killed (listener and every open
 /// connection closed at once, like a crashed process) and revived on the same
@@ -122,19 +122,20 @@ fn serve(s: TcpStream, name: &str, requests: &AtomicUsize, health: &AtomicUsize)
     }
 }
 
-fn conf(port: u16, backends: &[u16], check: &str) -> String {
-    let mut y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  web:\n    backends:\n"
-    );
-    for b in backends {
-        y.push_str(&format!("      - 127.0.0.1:{b}\n"));
-    }
-    y.push_str(check);
-    y
-}
+/// Active TCP checks every 200 ms with a 200 ms timeout.
+const TCP_CHECK: &[(&str, &str)] = &[
+    ("kind", "tcp"),
+    ("interval_ms", "200"),
+    ("timeout_ms", "200"),
+];
 
-const TCP_CHECK: &str =
-    "    health_check:\n      kind: tcp\n      interval_ms: 200\n      timeout_ms: 200\n";
+/// Active `GET /health` checks every 200 ms with a 500 ms timeout.
+const HTTP_CHECK: &[(&str, &str)] = &[
+    ("kind", "http"),
+    ("path", "/health"),
+    ("interval_ms", "200"),
+    ("timeout_ms", "500"),
+];
 
 /// One GET on a fresh connection: (status, X-Origin).
 fn get(port: u16) -> (u16, String) {
@@ -155,8 +156,10 @@ fn dead_backend_at_start_never_sees_traffic_and_no_request_fails() {
     let a = Killable::start("a");
     let b = Killable::start("b");
     let dead = free_port(); // nothing listens there
-    let port = free_port();
-    let lbd = Lbd::start(&conf(port, &[a.port, dead, b.port], TCP_CHECK), port, 1);
+    let lbd = LbdConf::front(&[a.port, dead, b.port])
+        .health_check(TCP_CHECK)
+        .start();
+    let port = lbd.port;
     for _ in 0..30 {
         let (status, _) = get(port);
         assert_eq!(status, 200);
@@ -178,8 +181,10 @@ fn dead_backend_at_start_never_sees_traffic_and_no_request_fails() {
 fn killed_backend_under_load_loses_no_get_and_gets_no_traffic_after_interval() {
     let a = Killable::start("a");
     let b = Killable::start("b");
-    let port = free_port();
-    let lbd = Lbd::start(&conf(port, &[a.port, b.port], TCP_CHECK), port, 1);
+    let lbd = LbdConf::front(&[a.port, b.port])
+        .health_check(TCP_CHECK)
+        .start();
+    let port = lbd.port;
     // Steady load on keep-alive connections from 4 clients.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -256,9 +261,11 @@ fn killed_backend_under_load_loses_no_get_and_gets_no_traffic_after_interval() {
 fn revived_backend_gets_traffic_again_within_interval_times_rise() {
     let a = Killable::start("a");
     let b = Killable::start("b");
-    let port = free_port();
-    let check = "    health_check:\n      kind: tcp\n      interval_ms: 200\n      timeout_ms: 200\n      rise: 2\n";
-    let lbd = Lbd::start(&conf(port, &[a.port, b.port], check), port, 1);
+    let lbd = LbdConf::front(&[a.port, b.port])
+        .health_check(TCP_CHECK)
+        .health_check(&[("rise", "2")])
+        .start();
+    let port = lbd.port;
     a.kill();
     thread::sleep(Duration::from_millis(500));
     let before = a.requests();
@@ -292,8 +299,8 @@ fn revived_backend_gets_traffic_again_within_interval_times_rise() {
 #[test]
 fn all_backends_down_gives_fast_503() {
     let a = Killable::start("a");
-    let port = free_port();
-    let lbd = Lbd::start(&conf(port, &[a.port], TCP_CHECK), port, 1);
+    let lbd = LbdConf::front(&[a.port]).health_check(TCP_CHECK).start();
+    let port = lbd.port;
     a.kill();
     thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
@@ -309,9 +316,10 @@ fn all_backends_down_gives_fast_503() {
 fn http_check_marks_backend_answering_500_down() {
     let a = Killable::start("a");
     let b = Killable::start("b");
-    let port = free_port();
-    let check = "    health_check:\n      kind: http\n      path: /health\n      interval_ms: 200\n      timeout_ms: 500\n";
-    let lbd = Lbd::start(&conf(port, &[a.port, b.port], check), port, 1);
+    let lbd = LbdConf::front(&[a.port, b.port])
+        .health_check(HTTP_CHECK)
+        .start();
+    let port = lbd.port;
     a.health_status.store(500, Ordering::SeqCst);
     thread::sleep(Duration::from_millis(500));
     for _ in 0..10 {
@@ -335,8 +343,8 @@ fn http_check_marks_backend_answering_500_down() {
 fn without_checks_a_dead_backend_is_skipped_by_retry_then_passively() {
     let a = Killable::start("a");
     let dead = free_port();
-    let port = free_port();
-    let lbd = Lbd::start(&conf(port, &[dead, a.port], ""), port, 1);
+    let lbd = LbdConf::front(&[dead, a.port]).start();
+    let port = lbd.port;
     for _ in 0..20 {
         assert_eq!(get(port), (200, "a".to_string()));
     }
@@ -356,13 +364,10 @@ fn response_head_timeout_gives_504() {
             held.push(s);
         }
     });
-    let port = free_port();
-    let y = conf(
-        port,
-        &[silent],
-        "limits:\n  upstream_response_timeout_ms: 300\n",
-    );
-    let _lbd = Lbd::start(&y, port, 1);
+    let lbd = LbdConf::front(&[silent])
+        .limits(&[("upstream_response_timeout_ms", 300)])
+        .start();
+    let port = lbd.port;
     let t = Instant::now();
     assert_eq!(get(port).0, 504);
     assert!(t.elapsed() >= Duration::from_millis(250));

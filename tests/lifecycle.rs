@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,24 +15,17 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{free_port, read_response, unique_temp_dir, Origin};
+use support::{free_port, read_response, unique_temp_dir, LbdConf, Origin};
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 
-fn conf(dir: &Path, port: u16, backends: &[u16], extra: &str) -> PathBuf {
-    let mut y =
-        format!("listeners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  web:\n    backends:\n");
-    for b in backends {
-        y.push_str(&format!("      - 127.0.0.1:{b}\n"));
-    }
-    y.push_str(&format!(
+/// What every config here has: the upgrade socket in `dir`, short grace
+/// periods and few hand-over retries (no `threads:`; the CLI says).
+fn base_conf(dir: &Path, port: u16, backends: &[u16]) -> LbdConf {
+    LbdConf::new(port).backends(backends).top(&format!(
         "upgrade_sock: {}\ngrace_period_seconds: 10\ngraceful_shutdown_timeout_seconds: 2\nupgrade_sock_connect_accept_max_retries: 3\n",
         dir.join("upgrade.sock").display()
-    ));
-    y.push_str(extra);
-    let p = dir.join("conf.yaml");
-    fs::write(&p, y).expect("write config");
-    p
+    ))
 }
 
 /// Starts lbd in the foreground with stderr appended to `dir/log-N`.
@@ -93,7 +86,7 @@ fn get(port: u16, path: &str) -> Result<(u16, Option<String>), String> {
 #[test]
 fn config_test_flag() {
     let dir = unique_temp_dir("lc-t");
-    let good = conf(&dir, free_port(), &[8081], "");
+    let good = base_conf(&dir, free_port(), &[8081]).write(&dir);
     let out = Command::new(LBD)
         .arg("-c")
         .arg(&good)
@@ -136,7 +129,9 @@ fn daemon_reports_readiness_writes_and_removes_pid_file() {
         pid_file.display(),
         log.display()
     );
-    let c = conf(&dir, port, &[origin.port], &extra);
+    let c = base_conf(&dir, port, &[origin.port])
+        .top(&extra)
+        .write(&dir);
     let t = Instant::now();
     let out = Command::new(LBD)
         .arg("-c")
@@ -196,12 +191,9 @@ fn daemon_start_failure_is_a_nonzero_exit_with_the_error() {
     // Port already taken by someone else.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let c = conf(
-        &dir,
-        port,
-        &[8081],
-        &format!("error_log: {}\n", dir.join("e.log").display()),
-    );
+    let c = base_conf(&dir, port, &[8081])
+        .top(&format!("error_log: {}\n", dir.join("e.log").display()))
+        .write(&dir);
     let out = Command::new(LBD)
         .arg("-c")
         .arg(&c)
@@ -218,7 +210,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_early() {
     let origin = Origin::start("a");
     let dir = unique_temp_dir("lc-term");
     let port = free_port();
-    let c = conf(&dir, port, &[origin.port], "");
+    let c = base_conf(&dir, port, &[origin.port]).write(&dir);
     let mut lbd = spawn(&c, 1, &[], &dir.join("log"));
     wait_port(port);
     let slow = thread::spawn(move || get(port, "/slow?ms=700"));
@@ -245,12 +237,9 @@ fn sighup_reopens_error_log() {
     let dir = unique_temp_dir("lc-hup");
     let port = free_port();
     let log = dir.join("error.log");
-    let c = conf(
-        &dir,
-        port,
-        &[origin.port],
-        &format!("error_log: {}\n", log.display()),
-    );
+    let c = base_conf(&dir, port, &[origin.port])
+        .top(&format!("error_log: {}\n", log.display()))
+        .write(&dir);
     let mut lbd = spawn(&c, 1, &[], &dir.join("stderr"));
     wait_port(port);
     fs::rename(&log, dir.join("error.log.1")).unwrap();
@@ -375,12 +364,9 @@ fn sigquit_upgrade_twice_under_load_loses_nothing() {
     let dir = unique_temp_dir("lc-up");
     let port = free_port();
     let pid_file = dir.join("lbd.pid");
-    let c = conf(
-        &dir,
-        port,
-        &[a.port, b.port],
-        &format!("pid_file: {}\n", pid_file.display()),
-    );
+    let c = base_conf(&dir, port, &[a.port, b.port])
+        .top(&format!("pid_file: {}\n", pid_file.display()))
+        .write(&dir);
     let log = dir.join("log");
     let mut p1 = spawn(&c, 2, &[], &log);
     wait_port(port);
@@ -428,7 +414,7 @@ fn sigquit_without_a_new_process_keeps_serving() {
     let a = Origin::start("a");
     let dir = unique_temp_dir("lc-noup");
     let port = free_port();
-    let c = conf(&dir, port, &[a.port], "");
+    let c = base_conf(&dir, port, &[a.port]).write(&dir);
     let log = dir.join("log");
     let mut p = spawn(&c, 1, &[], &log);
     wait_port(port);

@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{free_port, http_get, unique_temp_dir, Lbd, Origin};
+use support::{free_port, http_get, unique_temp_dir, Lbd, LbdConf, Origin};
 
-fn conf(port: u16, admin: u16, backends: &[u16], hist: &Path) -> String {
-    let mut y = format!(
-        "threads: 2\nhistogram_file: {}\nadmin:\n  address: 127.0.0.1:{admin}\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  web:\n    backends:\n",
-        hist.display()
-    );
-    for b in backends {
-        y.push_str(&format!("      - 127.0.0.1:{b}\n"));
-    }
-    y
+/// Two workers, an admin endpoint on `admin`, the histogram file `hist`.
+fn observed(admin: u16, backends: &[u16], hist: &Path) -> LbdConf {
+    LbdConf::front(backends)
+        .threads(2)
+        .admin(admin)
+        .top(&format!("histogram_file: {}\n", hist.display()))
 }
 
 /// Parses a `.hgrm` file: every data row must have exactly 4 columns (3 on
@@ -81,8 +78,7 @@ fn sigusr1_dumps_interval_histograms_with_exact_counts() {
     let a = Origin::start("a");
     let dir = unique_temp_dir("obs-h");
     let hist = dir.join("latency.hgrm");
-    let port = free_port();
-    let lbd = Lbd::start(&conf(port, free_port(), &[a.port], &hist), port, 2);
+    let lbd = observed(free_port(), &[a.port], &hist).start();
     // N requests over several connections (so both workers take some).
     let n = 57;
     for i in 0..n {
@@ -137,13 +133,8 @@ fn prometheus_metrics_count_what_was_sent() {
     let b = Origin::start("b");
     let dead = free_port();
     let dir = unique_temp_dir("obs-m");
-    let port = free_port();
     let admin = free_port();
-    let lbd = Lbd::start(
-        &conf(port, admin, &[a.port, b.port, dead], &dir.join("h.hgrm")),
-        port,
-        2,
-    );
+    let lbd = observed(admin, &[a.port, b.port, dead], &dir.join("h.hgrm")).start();
     assert_eq!(http_get(admin, "/health"), (200, "ok\n".to_string()));
     // 20 keep-alive requests on one connection: reuse after the first.
     let mut c = lbd.client();
@@ -200,14 +191,13 @@ fn prometheus_metrics_count_what_was_sent() {
 fn access_log_lines_match_requests() {
     let a = Origin::start("a");
     let dir = unique_temp_dir("obs-a");
-    let port = free_port();
     let path = dir.join("access.log");
-    let mut y = conf(port, free_port(), &[a.port], &dir.join("h.hgrm"));
-    y.push_str(&format!(
-        "access_log:\n  path: {}\n  format: combined\n",
-        path.display()
-    ));
-    let lbd = Lbd::start(&y, port, 2);
+    let lbd = observed(free_port(), &[a.port], &dir.join("h.hgrm"))
+        .top(&format!(
+            "access_log:\n  path: {}\n  format: combined\n",
+            path.display()
+        ))
+        .start();
     let mut c = lbd.client();
     for i in 0..10 {
         assert_eq!(c.get(&format!("/item/{i}")).status, 200);

@@ -14,17 +14,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::*;
 
-fn conf(port: u16, admin: u16, origin: u16, limits: &str) -> String {
-    let limits = if limits.is_empty() {
-        String::new()
-    } else {
-        format!("limits:\n{limits}")
-    };
-    format!(
-        "threads: 1\nadmin:\n  address: 127.0.0.1:{admin}\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  web:\n    backends: [127.0.0.1:{origin}]\n{limits}"
-    )
-}
-
 /// One gauge or counter from the admin endpoint.
 fn metric(admin: u16, name: &str) -> u64 {
     let (status, out) = http_get(admin, "/metrics");
@@ -47,15 +36,18 @@ fn wait_metric(admin: u16, name: &str, want: u64, limit: Duration) {
     }
 }
 
-fn start(limits: &str) -> (Origin, Lbd, u16) {
+/// An origin and lbd in front of it with an admin endpoint (returned too).
+fn start(limits: &[(&str, u64)]) -> (Origin, Lbd, u16) {
     start_env(limits, &[])
 }
 
-fn start_env(limits: &str, env: &[(&str, &str)]) -> (Origin, Lbd, u16) {
+fn start_env(limits: &[(&str, u64)], env: &[(&str, &str)]) -> (Origin, Lbd, u16) {
     let origin = Origin::start("a");
-    let port = free_port();
     let admin = free_port();
-    let lbd = Lbd::start_with_env(&conf(port, admin, origin.port, limits), port, 1, env);
+    let lbd = LbdConf::front(&[origin.port])
+        .admin(admin)
+        .limits(limits)
+        .start_with_env(env);
     (origin, lbd, admin)
 }
 
@@ -63,7 +55,7 @@ fn start_env(limits: &str, env: &[(&str, &str)]) -> (Origin, Lbd, u16) {
 /// carries over (the keepalive_requests-th response says close).
 #[test]
 fn parked_connection_is_served_again_with_its_request_count() {
-    let (origin, lbd, admin) = start("  keepalive_requests: 3\n");
+    let (origin, lbd, admin) = start(&[("keepalive_requests", 3)]);
     let mut c = lbd.client();
     assert_eq!(c.get("/").status, 200);
     assert_eq!(c.get("/").status, 200);
@@ -81,7 +73,7 @@ fn parked_connection_is_served_again_with_its_request_count() {
 
 fn many_parked_connections_come_back(env: &[(&str, &str)]) {
     const N: usize = 300;
-    let (origin, lbd, admin) = start_env("", env);
+    let (origin, lbd, admin) = start_env(&[], env);
     let mut conns: Vec<Client> = (0..N).map(|_| lbd.client()).collect();
     for (i, c) in conns.iter_mut().enumerate() {
         let r = c.get(&format!("/first/{i}"));
@@ -138,7 +130,7 @@ fn many_parked_connections_come_back_on_the_epoll_fallback() {
 /// coarse clock may bring it forward by up to 100 ms).
 #[test]
 fn parked_connection_closes_at_its_keepalive_timeout() {
-    let (_origin, lbd, admin) = start("  keepalive_timeout_ms: 3000\n");
+    let (_origin, lbd, admin) = start(&[("keepalive_timeout_ms", 3000)]);
     let mut c = lbd.client();
     assert_eq!(c.get("/").status, 200);
     let idle_since = Instant::now();
@@ -158,7 +150,7 @@ fn parked_connection_closes_at_its_keepalive_timeout() {
 /// (with Connection: close); the others close; lbd exits promptly.
 #[test]
 fn sigterm_serves_then_closes_parked_connections() {
-    let (_origin, mut lbd, admin) = start("");
+    let (_origin, mut lbd, admin) = start(&[]);
     let mut quiet = lbd.client();
     let mut talker = lbd.client();
     assert_eq!(quiet.get("/").status, 200);

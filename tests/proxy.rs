@@ -12,13 +12,6 @@ use support::*;
 
 const MIB: usize = 1 << 20;
 
-/// Start lbd in front of `backends` (origin, weight).
-fn start_lb(backends: &[(&Origin, u32)], threads: usize) -> Lbd {
-    let port = free_port();
-    let list: Vec<(u16, u32)> = backends.iter().map(|(o, w)| (o.port, *w)).collect();
-    Lbd::start(&config(port, &list, threads), port, threads)
-}
-
 fn origin_name(resp: &Response) -> String {
     resp.header("x-origin")
         .unwrap_or_else(|| panic!("response without X-Origin header: {resp:?}"))
@@ -47,7 +40,7 @@ fn parse_head(head: &str) -> (String, Vec<(String, String)>) {
 #[test]
 fn basic_get_is_proxied() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     let r = c.get("/hello?x=1");
     assert_eq!(r.status, 200, "{r:?}");
@@ -79,7 +72,7 @@ fn listener_upstream_is_optional_with_single_group() {
 fn round_robin_alternates_between_two_backends() {
     let a = Origin::start("a");
     let b = Origin::start("b");
-    let lbd = start_lb(&[(&a, 1), (&b, 1)], 1);
+    let lbd = LbdConf::front(&[a.port, b.port]).start();
     let mut seq = Vec::new();
     for _ in 0..10 {
         let mut c = lbd.client();
@@ -100,7 +93,7 @@ fn round_robin_alternates_between_two_backends() {
 fn round_robin_is_per_request_on_one_keepalive_connection() {
     let a = Origin::start("a");
     let b = Origin::start("b");
-    let lbd = start_lb(&[(&a, 1), (&b, 1)], 1);
+    let lbd = LbdConf::front(&[a.port, b.port]).start();
     let mut c = lbd.client();
     let seq: Vec<String> = (0..10).map(|_| origin_name(&c.get("/"))).collect();
     for w in seq.windows(2) {
@@ -112,7 +105,7 @@ fn round_robin_is_per_request_on_one_keepalive_connection() {
 fn smooth_weighted_round_robin_1_to_2() {
     let a = Origin::start("a");
     let b = Origin::start("b");
-    let lbd = start_lb(&[(&a, 1), (&b, 2)], 1);
+    let lbd = LbdConf::front(&[a.port]).weighted(&[(b.port, 2)]).start();
     let mut seq = Vec::new();
     for _ in 0..30 {
         let r = lbd.client().get("/");
@@ -135,7 +128,7 @@ fn smooth_weighted_round_robin_1_to_2() {
 #[test]
 fn upstream_connections_are_reused_on_one_client_connection() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     for i in 0..100 {
         let r = c.get(&format!("/n{i}"));
@@ -153,7 +146,7 @@ fn upstream_connections_are_reused_on_one_client_connection() {
 #[test]
 fn upstream_connections_are_pooled_across_client_connections() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     for i in 0..50 {
         let r = lbd.client().get(&format!("/n{i}"));
         assert_eq!(r.status, 200, "request {i}: {r:?}");
@@ -171,7 +164,7 @@ fn upstream_connections_are_pooled_across_client_connections() {
 #[test]
 fn slow_request_does_not_block_other_clients_on_one_worker() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut slow = lbd.client();
     slow.send(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: lbd.test\r\n\r\n");
     thread::sleep(Duration::from_millis(100));
@@ -195,7 +188,7 @@ fn slow_request_does_not_block_other_clients_on_one_worker() {
 #[test]
 fn request_body_1mib_content_length_echoed() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let body = pattern(MIB);
     let mut c = lbd.client();
     let r = c.post("/echo", &body);
@@ -208,7 +201,7 @@ fn request_body_1mib_content_length_echoed() {
 #[test]
 fn request_body_1mib_chunked_echoed() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let body = pattern(MIB);
     let mut req =
         b"POST /echo HTTP/1.1\r\nHost: lbd.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -224,7 +217,7 @@ fn request_body_1mib_chunked_echoed() {
 #[test]
 fn response_1mib_chunked_intact() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     let r = c.get(&format!("/chunked?size={MIB}"));
     assert_eq!(r.status, 200);
@@ -235,7 +228,7 @@ fn response_1mib_chunked_intact() {
 #[test]
 fn response_1mib_content_length_intact() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     let r = c.get(&format!("/big?size={MIB}"));
     assert_eq!(r.status, 200);
@@ -252,7 +245,7 @@ fn response_1mib_content_length_intact() {
 #[test]
 fn response_1mib_close_delimited_intact() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     let r = c.get(&format!("/close?size={MIB}"));
     assert_eq!(r.status, 200);
@@ -264,7 +257,7 @@ fn response_1mib_close_delimited_intact() {
 #[test]
 fn head_has_headers_but_no_body() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send(b"HEAD /big?size=1000 HTTP/1.1\r\nHost: lbd.test\r\n\r\n");
     let r = c.read_response(true).expect("HEAD response");
@@ -287,7 +280,7 @@ fn head_has_headers_but_no_body() {
 #[test]
 fn status_204_and_304_have_no_body_and_keep_connection_usable() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     for code in [204u16, 304] {
         let r = c.get(&format!("/status/{code}"));
@@ -317,7 +310,7 @@ fn status_204_and_304_have_no_body_and_keep_connection_usable() {
 #[test]
 fn http10_request_gets_response_then_close() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send(b"GET /ten HTTP/1.0\r\n\r\n");
     let r = c.response();
@@ -334,7 +327,7 @@ fn http10_request_gets_response_then_close() {
 #[test]
 fn connection_close_is_honoured() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send(b"GET / HTTP/1.1\r\nHost: lbd.test\r\nConnection: close\r\n\r\n");
     let r = c.response();
@@ -353,7 +346,7 @@ fn connection_close_is_honoured() {
 #[test]
 fn pipelined_requests_answered_in_order() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     let mut req = Vec::new();
     req.extend_from_slice(
@@ -377,7 +370,7 @@ fn pipelined_requests_answered_in_order() {
 #[test]
 fn hop_by_hop_headers_stripped_and_x_forwarded_for_appended() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send(
         b"GET /headers HTTP/1.1\r\nHost: lbd.test\r\nConnection: keep-alive, X-Custom\r\nX-Custom: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: example/1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
@@ -433,7 +426,7 @@ fn hop_by_hop_headers_stripped_and_x_forwarded_for_appended() {
 #[test]
 fn expect_100_continue() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send(
         b"POST /echo HTTP/1.1\r\nHost: lbd.test\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
@@ -551,7 +544,7 @@ fn framing_cases() -> Vec<(&'static str, Vec<u8>, u16)> {
 #[test]
 fn framing_violations_are_rejected_and_never_reach_origin() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut failures = Vec::new();
     for (name, bytes, expected) in framing_cases() {
         let before_requests = a.requests();
@@ -599,7 +592,7 @@ fn framing_violations_are_rejected_and_never_reach_origin() {
 #[test]
 fn invalid_chunk_size_never_delivers_a_complete_request() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.set_read_timeout(Duration::from_secs(3));
     c.send_lossy(
@@ -632,7 +625,7 @@ fn invalid_chunk_size_never_delivers_a_complete_request() {
 
 fn assert_431(request: &[u8], what: &str) {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 1);
+    let lbd = LbdConf::front(&[a.port]).start();
     let mut c = lbd.client();
     c.send_lossy(request);
     let r = c.read_response(false).unwrap_or_else(|e| {
@@ -673,8 +666,7 @@ fn too_many_headers_gets_431() {
 #[test]
 fn all_backends_down_gives_502_quickly() {
     let (p1, p2) = (free_port(), free_port());
-    let port = free_port();
-    let lbd = Lbd::start(&config(port, &[(p1, 1), (p2, 1)], 1), port, 1);
+    let lbd = LbdConf::front(&[p1, p2]).start();
     let mut c = lbd.client();
     let t = Instant::now();
     let r = c.get("/");
@@ -711,7 +703,7 @@ fn worker_threads(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn two_threads_are_named_and_pinned_to_distinct_cpus() {
     let a = Origin::start("a");
-    let lbd = start_lb(&[(&a, 1)], 2);
+    let lbd = LbdConf::front(&[a.port]).threads(2).start();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut workers = worker_threads(lbd.pid());
     while workers.len() < 2 && Instant::now() < deadline {
@@ -768,7 +760,7 @@ fn config_unknown_key_is_rejected() {
 #[test]
 fn config_zero_weight_is_rejected() {
     let (port, be) = (free_port(), free_port());
-    let yaml = config(port, &[(be, 0)], 1);
+    let yaml = LbdConf::new(port).threads(1).weighted(&[(be, 0)]).yaml();
     assert_config_rejected(&yaml, &["weight"]);
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{free_port, read_response, run_lbd_expect_failure, unique_temp_dir, Lbd};
+use support::{free_port, read_response, unique_temp_dir, LbdConf};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -184,19 +184,26 @@ fn plain_get(port: u16, host: &str) -> (u16, String) {
     (r.status, r.body_str())
 }
 
+/// lbd (one worker) in front of HTTPS `backends`: group `secure`, verified
+/// against `ca` for the name `sni`.
+fn secure(backends: &[u16], sni: &str, ca: &Path) -> LbdConf {
+    LbdConf::front(backends)
+        .group("secure")
+        .group_extra(&format!(
+            "tls:\n  sni: {sni}\n  ca_file: {}\n",
+            ca.display()
+        ))
+}
+
 #[test]
 fn https_upstream_with_sni_rewritten_host_and_pooled_connections() {
     let dir = unique_temp_dir("tls-up");
     let ca = Ca::new(&dir, "good");
     let (cert, key) = ca.leaf("origin.test");
     let origin = TlsOrigin::start(server_config(&cert, &key));
-    let port = free_port();
-    let y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    host: origin.test\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
-        origin.port,
-        ca.ca_file().display()
-    );
-    let lbd = Lbd::start(&y, port, 1);
+    let lbd = secure(&[origin.port], "origin.test", &ca.ca_file())
+        .group_extra("host: origin.test")
+        .start();
     let mut c = lbd.client();
     for _ in 0..10 {
         c.send(b"GET / HTTP/1.1\r\nHost: lb.local\r\n\r\n");
@@ -220,13 +227,8 @@ fn certificate_from_another_ca_is_refused_with_502() {
     let rogue = Ca::new(&dir, "rogue");
     let (cert, key) = rogue.leaf("origin.test");
     let origin = TlsOrigin::start(server_config(&cert, &key));
-    let port = free_port();
-    let y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
-        origin.port,
-        trusted.ca_file().display()
-    );
-    let lbd = Lbd::start(&y, port, 1);
+    let lbd = secure(&[origin.port], "origin.test", &trusted.ca_file()).start();
+    let port = lbd.port;
     assert_eq!(plain_get(port, "x").0, 502);
     assert_eq!(origin.requests.load(Ordering::SeqCst), 0);
     let log = lbd.stderr();
@@ -240,13 +242,8 @@ fn wrong_sni_name_fails_verification() {
     let ca = Ca::new(&dir, "ca");
     let (cert, key) = ca.leaf("origin.test");
     let origin = TlsOrigin::start(server_config(&cert, &key));
-    let port = free_port();
-    let y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: someone-else.test\n      ca_file: {}\n",
-        origin.port,
-        ca.ca_file().display()
-    );
-    let _lbd = Lbd::start(&y, port, 1);
+    let lbd = secure(&[origin.port], "someone-else.test", &ca.ca_file()).start();
+    let port = lbd.port;
     assert_eq!(plain_get(port, "x").0, 502);
 }
 
@@ -276,16 +273,17 @@ fn tls_listener_verifies_and_picks_certificate_by_sni() {
     let (c1, k1) = ca.leaf("lb.test");
     let (c2, k2) = ca.leaf("other.test");
     let origin = support::Origin::start("plain");
-    let port = free_port();
-    let y = format!(
-        "threads: 2\nlisteners:\n  - address: 127.0.0.1:{port}\n    tls:\n      cert_file: {}\n      key_file: {}\n      sni:\n        - names: [other.test]\n          cert_file: {}\n          key_file: {}\nupstreams:\n  web:\n    backends: [127.0.0.1:{}]\n",
-        c1.display(),
-        k1.display(),
-        c2.display(),
-        k2.display(),
-        origin.port
-    );
-    let _lbd = Lbd::start(&y, port, 2);
+    let lbd = LbdConf::front(&[origin.port])
+        .threads(2)
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n  sni:\n    - names: [other.test]\n      cert_file: {}\n      key_file: {}\n",
+            c1.display(),
+            k1.display(),
+            c2.display(),
+            k2.display()
+        ))
+        .start();
+    let port = lbd.port;
     let ca_file = ca.ca_file();
     // Default certificate for lb.test, verified like curl would.
     assert_eq!(
@@ -309,14 +307,14 @@ fn slow_tls_handshake_does_not_block_others() {
     let ca = Ca::new(&dir, "slow");
     let (c1, k1) = ca.leaf("lb.test");
     let origin = support::Origin::start("plain");
-    let port = free_port();
-    let y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\n    tls:\n      cert_file: {}\n      key_file: {}\n      handshake_timeout_ms: 500\nupstreams:\n  web:\n    backends: [127.0.0.1:{}]\n",
-        c1.display(),
-        k1.display(),
-        origin.port
-    );
-    let _lbd = Lbd::start(&y, port, 1);
+    let lbd = LbdConf::front(&[origin.port])
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n  handshake_timeout_ms: 500\n",
+            c1.display(),
+            k1.display()
+        ))
+        .start();
+    let port = lbd.port;
     // A client that connects and never says hello.
     let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
     for _ in 0..5 {
@@ -337,29 +335,30 @@ fn bad_certificate_files_are_start_errors_naming_the_file() {
     let junk = dir.join("junk.pem");
     fs::write(&junk, "this is not PEM").unwrap();
     let base = |cert: &Path, key: &Path| {
-        format!(
-            "listeners:\n  - address: 127.0.0.1:{}\n    tls:\n      cert_file: {}\n      key_file: {}\nupstreams:\n  web:\n    backends: [127.0.0.1:1]\n",
-            free_port(),
-            cert.display(),
-            key.display()
-        )
+        LbdConf::new(free_port())
+            .backends(&[1])
+            .listener_extra(&format!(
+                "tls:\n  cert_file: {}\n  key_file: {}\n",
+                cert.display(),
+                key.display()
+            ))
     };
-    let (status, err) = run_lbd_expect_failure(&base(&junk, &k1), 1);
+    let (status, err) = base(&junk, &k1).expect_failure();
     assert!(!status.success());
     assert!(
         err.contains("listeners[0].tls.cert_file") && err.contains("junk.pem"),
         "{err}"
     );
-    let (_, err) = run_lbd_expect_failure(&base(&c1, &k2), 1);
+    let (_, err) = base(&c1, &k2).expect_failure();
     assert!(
         err.contains("key_file") && err.contains("does not match"),
         "{err}"
     );
-    let (_, err) = run_lbd_expect_failure(&base(&c1, &dir.join("missing.key")), 1);
+    let (_, err) = base(&c1, &dir.join("missing.key")).expect_failure();
     assert!(err.contains("missing.key"), "{err}");
     // The same under -t.
     let conf = dir.join("t.yaml");
-    fs::write(&conf, base(&c1, &k2)).unwrap();
+    fs::write(&conf, base(&c1, &k2).yaml()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
         .arg("-c")
         .arg(&conf)
@@ -376,14 +375,11 @@ fn reconnects_resume_the_tls_session() {
     let ca = Ca::new(&dir, "res");
     let (cert, key) = ca.leaf("origin.test");
     let origin = TlsOrigin::start(server_config(&cert, &key));
-    let port = free_port();
     // No pooling: every request needs a new upstream connection.
-    let y = format!(
-        "threads: 1\nupstream_keepalive_pool_size: 0\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}]\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
-        origin.port,
-        ca.ca_file().display()
-    );
-    let _lbd = Lbd::start(&y, port, 1);
+    let lbd = secure(&[origin.port], "origin.test", &ca.ca_file())
+        .top("upstream_keepalive_pool_size: 0")
+        .start();
+    let port = lbd.port;
     for _ in 0..4 {
         assert_eq!(plain_get(port, "x").0, 200);
     }
@@ -404,14 +400,14 @@ fn tls_health_check_does_the_handshake() {
     let (rc, rk) = rogue.leaf("origin.test");
     let good = TlsOrigin::start(server_config(&gc, &gk));
     let bad = TlsOrigin::start(server_config(&rc, &rk));
-    let port = free_port();
-    let y = format!(
-        "threads: 1\nlisteners:\n  - address: 127.0.0.1:{port}\nupstreams:\n  secure:\n    backends: [127.0.0.1:{}, 127.0.0.1:{}]\n    health_check: {{kind: tcp, interval_ms: 200, timeout_ms: 500}}\n    tls:\n      sni: origin.test\n      ca_file: {}\n",
-        bad.port,
-        good.port,
-        trusted.ca_file().display()
-    );
-    let lbd = Lbd::start(&y, port, 1);
+    let lbd = secure(&[bad.port, good.port], "origin.test", &trusted.ca_file())
+        .health_check(&[
+            ("kind", "tcp"),
+            ("interval_ms", "200"),
+            ("timeout_ms", "500"),
+        ])
+        .start();
+    let port = lbd.port;
     for _ in 0..6 {
         assert_eq!(plain_get(port, "x").0, 200);
     }

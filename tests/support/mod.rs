@@ -1,7 +1,8 @@
-//! Shared helpers for the `lbd` integration tests: a process guard for the
-//! binary, a real HTTP/1.1 origin server, and a raw-socket HTTP client.
+//! Shared helpers for the `lbd` integration tests: the one conf.yaml builder
+//! ([`LbdConf`]), a process guard for the binary, a real HTTP/1.1 origin
+//! server, a fault-injecting origin, and a raw-socket HTTP client.
 //!
-//! Only `std` is used.
+//! Only `std` is used (and `socket2`, for resets).
 #![allow(dead_code)]
 
 use std::fs;
@@ -76,23 +77,6 @@ pub fn assert_body_eq(actual: &[u8], expected: &[u8], ctx: &str) {
         show(actual),
         show(expected)
     );
-}
-
-/// A standard config: one listener on `listen_port`, upstream group `web`
-/// with the given `(port, weight)` backends (weight 1 is written in the
-/// short string form, other weights in the map form).
-pub fn config(listen_port: u16, backends: &[(u16, u32)], threads: usize) -> String {
-    let mut s = format!(
-        "version: 1\nthreads: {threads}\nlisteners:\n  - address: 127.0.0.1:{listen_port}\n    upstream: web\nupstreams:\n  web:\n    backends:\n"
-    );
-    for &(port, weight) in backends {
-        if weight == 1 {
-            s += &format!("      - 127.0.0.1:{port}\n");
-        } else {
-            s += &format!("      - {{ address: 127.0.0.1:{port}, weight: {weight} }}\n");
-        }
-    }
-    s
 }
 
 fn last_lines(s: &str, n: usize) -> String {
@@ -257,6 +241,215 @@ pub fn run_lbd_expect_failure(yaml: &str, threads: usize) -> (ExitStatus, String
     let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = fs::remove_dir_all(&dir);
     (status, stderr)
+}
+
+// ---------------------------------------------------------------------------
+// lbd in front of these origins: the one conf.yaml builder
+// ---------------------------------------------------------------------------
+
+/// Builds the conf.yaml text for an lbd in front of some origins: one
+/// listener on `127.0.0.1:<port>` sending to one upstream group (`web`
+/// unless [`LbdConf::group`] renames it), plus whatever the test adds.
+///
+/// ```text
+/// version: 1
+/// threads: N                      # only with .threads(N)
+/// admin: {address: 127.0.0.1:A}   # only with .admin(A)
+/// <.top(..) lines>
+/// listeners:
+///   - address: 127.0.0.1:PORT
+///     upstream: web
+///     <.listener_extra(..) lines>
+/// upstreams:
+///   web:
+///     backends: [...]             # weight 1 as a string, others as a map
+///     health_check: {...}         # only with .health_check(..)
+///     <.group_extra(..) lines>
+/// limits: {...}                   # only with .limits(..)
+/// ```
+///
+/// Extra YAML is given without the indentation of the place it goes to.
+#[derive(Debug, Clone)]
+pub struct LbdConf {
+    /// The listener's port.
+    pub port: u16,
+    group: String,
+    backends: Vec<(u16, u32)>,
+    threads: Option<usize>,
+    admin: Option<u16>,
+    limits: Vec<(String, u64)>,
+    health_check: Vec<(String, String)>,
+    top: String,
+    listener_extra: String,
+    group_extra: String,
+}
+
+impl LbdConf {
+    /// One listener on `127.0.0.1:listen_port` for group `web`; no
+    /// backends yet, no `threads:` key.
+    pub fn new(listen_port: u16) -> LbdConf {
+        LbdConf {
+            port: listen_port,
+            group: "web".to_string(),
+            backends: Vec::new(),
+            threads: None,
+            admin: None,
+            limits: Vec::new(),
+            health_check: Vec::new(),
+            top: String::new(),
+            listener_extra: String::new(),
+            group_extra: String::new(),
+        }
+    }
+
+    /// The usual case: a free port, `threads: 1`, these backends (weight 1).
+    pub fn front(backends: &[u16]) -> LbdConf {
+        LbdConf::new(free_port()).threads(1).backends(backends)
+    }
+
+    /// Adds backends `127.0.0.1:<port>` with weight 1.
+    pub fn backends(mut self, ports: &[u16]) -> LbdConf {
+        self.backends.extend(ports.iter().map(|&p| (p, 1)));
+        self
+    }
+
+    /// Adds backends `127.0.0.1:<port>` with a weight each.
+    pub fn weighted(mut self, backends: &[(u16, u32)]) -> LbdConf {
+        self.backends.extend_from_slice(backends);
+        self
+    }
+
+    /// Names the upstream group (default `web`).
+    pub fn group(mut self, name: &str) -> LbdConf {
+        self.group = name.to_string();
+        self
+    }
+
+    /// `threads: n` in the file; also what [`LbdConf::start`] passes as
+    /// `--threads` (1 when unset).
+    pub fn threads(mut self, n: usize) -> LbdConf {
+        self.threads = Some(n);
+        self
+    }
+
+    /// An admin endpoint on `127.0.0.1:port`.
+    pub fn admin(mut self, port: u16) -> LbdConf {
+        self.admin = Some(port);
+        self
+    }
+
+    /// Adds `key: value` lines to the `limits:` block.
+    pub fn limits(mut self, limits: &[(&str, u64)]) -> LbdConf {
+        self.limits
+            .extend(limits.iter().map(|&(k, v)| (k.to_string(), v)));
+        self
+    }
+
+    /// Adds `key: value` lines to the group's `health_check:` block.
+    pub fn health_check(mut self, options: &[(&str, &str)]) -> LbdConf {
+        self.health_check
+            .extend(options.iter().map(|&(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Extra top-level keys (`pid_file: ...`, `access_log:` blocks, ...).
+    pub fn top(mut self, yaml: &str) -> LbdConf {
+        push_lines(&mut self.top, yaml, 0);
+        self
+    }
+
+    /// Extra keys in the listener (`tls:` ...).
+    pub fn listener_extra(mut self, yaml: &str) -> LbdConf {
+        push_lines(&mut self.listener_extra, yaml, 4);
+        self
+    }
+
+    /// Extra keys in the upstream group (`host:`, `tls:` ...).
+    pub fn group_extra(mut self, yaml: &str) -> LbdConf {
+        push_lines(&mut self.group_extra, yaml, 4);
+        self
+    }
+
+    /// The conf.yaml text.
+    pub fn yaml(&self) -> String {
+        let mut y = String::from("version: 1\n");
+        if let Some(n) = self.threads {
+            y += &format!("threads: {n}\n");
+        }
+        if let Some(admin) = self.admin {
+            y += &format!("admin:\n  address: 127.0.0.1:{admin}\n");
+        }
+        y += &self.top;
+        y += &format!(
+            "listeners:\n  - address: 127.0.0.1:{}\n    upstream: {}\n",
+            self.port, self.group
+        );
+        y += &self.listener_extra;
+        y += &format!("upstreams:\n  {}:\n", self.group);
+        if self.backends.is_empty() {
+            y += "    backends: []\n";
+        } else {
+            y += "    backends:\n";
+        }
+        for &(port, weight) in &self.backends {
+            if weight == 1 {
+                y += &format!("      - 127.0.0.1:{port}\n");
+            } else {
+                y += &format!("      - {{ address: 127.0.0.1:{port}, weight: {weight} }}\n");
+            }
+        }
+        if !self.health_check.is_empty() {
+            y += "    health_check:\n";
+            for (k, v) in &self.health_check {
+                y += &format!("      {k}: {v}\n");
+            }
+        }
+        y += &self.group_extra;
+        if !self.limits.is_empty() {
+            y += "limits:\n";
+            for (k, v) in &self.limits {
+                y += &format!("  {k}: {v}\n");
+            }
+        }
+        y
+    }
+
+    /// Writes the text to `dir/conf.yaml` and returns that path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("conf.yaml");
+        fs::write(&path, self.yaml()).expect("write config");
+        path
+    }
+
+    /// `--threads` for the process: the configured count, else 1.
+    fn cli_threads(&self) -> usize {
+        self.threads.unwrap_or(1)
+    }
+
+    /// Starts lbd with this config ([`Lbd::start`]).
+    pub fn start(&self) -> Lbd {
+        self.start_with_env(&[])
+    }
+
+    /// Starts lbd with this config and extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Lbd {
+        Lbd::start_with_env(&self.yaml(), self.port, self.cli_threads(), env)
+    }
+
+    /// Runs lbd with this config expecting it to refuse to start
+    /// ([`run_lbd_expect_failure`]).
+    pub fn expect_failure(&self) -> (ExitStatus, String) {
+        run_lbd_expect_failure(&self.yaml(), self.cli_threads())
+    }
+}
+
+/// Appends the lines of `yaml` to `out`, each indented by `indent` spaces.
+fn push_lines(out: &mut String, yaml: &str, indent: usize) {
+    for line in yaml.lines().filter(|l| !l.trim().is_empty()) {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(line);
+        out.push('\n');
+    }
 }
 
 // ---------------------------------------------------------------------------
