@@ -6,12 +6,15 @@
 //! user's `conf.yaml` loads; Pingora keys lbd does not implement are accepted
 //! with a warning; any other unknown key is an error naming the key.
 //! Validation happens once, at start (and under `-t`): every error names the
-//! key and the offending value. After start the config is immutable and shared
-//! read-only (`Arc<Config>`) by every thread.
+//! key and the offending value. Each section's rules sit beside its `Raw*`
+//! struct; `validate` runs the sections in a fixed order and stops at the
+//! first error. After start the config is immutable and shared read-only
+//! (`Arc<Config>`) by every thread.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,6 +62,25 @@ fn invalid(
         value: value.to_string(),
         reason: reason.into(),
     }
+}
+
+/// `v` if it lies in `range`, else the error naming `key`, `v` and `reason`.
+fn in_range<T: PartialOrd + fmt::Display>(
+    key: impl Into<String>,
+    v: T,
+    range: impl RangeBounds<T>,
+    reason: impl Into<String>,
+) -> Result<T, ConfigError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, v, reason))
+    }
+}
+
+/// A space, a control character or DEL: never part of a path or host name.
+fn is_space_or_control(b: u8) -> bool {
+    b <= b' ' || b == 0x7f
 }
 
 /// `conf.yaml` as written. Field docs are the reference for each key.
@@ -156,12 +178,91 @@ struct RawConfig {
     s2n_config_cache_size: Option<IgnoredAny>,
 }
 
+/// The server keys. The keys without a rule (`pid_file`, `error_log`,
+/// `upgrade_sock`, `daemon`, the grace keys, the pool size,
+/// `histogram_file`) only take their defaults, in `validate`.
+impl RawConfig {
+    /// `version`: only `1` exists.
+    fn version(&self) -> Result<(), ConfigError> {
+        match self.version {
+            Some(v) if v != 1 => Err(invalid("version", v, "only version 1 exists")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `threads`, or `--threads` which wins: 1 to 1024. Default: the CPUs.
+    fn threads(&self, threads_override: Option<usize>) -> Result<usize, ConfigError> {
+        let key = if threads_override.is_some() {
+            "--threads"
+        } else {
+            "threads"
+        };
+        match threads_override.or(self.threads) {
+            Some(0) => Err(invalid(key, 0, "must be at least 1")),
+            Some(n) if n > 1024 => Err(invalid(key, n, "at most 1024 worker threads")),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
+
+    /// `max_retries`: at least one attempt. Default 16.
+    fn max_retries(&self) -> Result<usize, ConfigError> {
+        let n = self.max_retries.unwrap_or(16);
+        in_range("max_retries", n, 1.., "must be at least 1 (one attempt)")
+    }
+
+    /// `upgrade_sock_connect_accept_max_retries`: 1 to 3600 s. Default 5.
+    fn upgrade_wait(&self) -> Result<Duration, ConfigError> {
+        let n = self.upgrade_sock_connect_accept_max_retries.unwrap_or(5);
+        let reason = "must be from 1 to 3600 (one retry per second)";
+        in_range(
+            "upgrade_sock_connect_accept_max_retries",
+            n,
+            1..=3600,
+            reason,
+        )
+        .map(Duration::from_secs)
+    }
+
+    /// One warning per Pingora-only key present, in declaration order.
+    fn pingora_only_warnings(&self) -> Vec<String> {
+        // Each key's name is its field's name.
+        macro_rules! present {
+            ($raw:expr; $($key:ident),* $(,)?) => {
+                [$((stringify!($key), $raw.$key.is_some())),*]
+            };
+        }
+        let keys = present!(self;
+            user, group, working_directory, listener_tasks_per_fd, work_stealing, ca_file,
+            client_bind_to_ipv4, client_bind_to_ipv6, upstream_connect_offload_threadpools,
+            upstream_connect_offload_thread_per_pool, upstream_debug_ssl_keylog,
+            max_blocking_threads, blocking_threads_ttl_seconds, daemon_wait_for_ready,
+            daemon_ready_timeout_seconds, daemon_notify_timeout_seconds, s2n_config_cache_size,
+        );
+        keys.into_iter()
+            .filter(|&(_, present)| present)
+            .map(|(key, _)| {
+                format!("config key `{key}` is a Pingora key lbd does not implement; ignored")
+            })
+            .collect()
+    }
+}
+
 /// `admin:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     /// `IP:port` for `GET /metrics` and `GET /health`.
     address: String,
+}
+
+impl RawAdmin {
+    /// `admin.address`: `IP:port`.
+    fn validate(&self) -> Result<SocketAddr, ConfigError> {
+        self.address
+            .parse()
+            .map_err(|_| invalid("admin.address", &self.address, "expected IP:port"))
+    }
 }
 
 /// `access_log:`.
@@ -173,6 +274,25 @@ struct RawAccessLog {
     /// `combined` (default), `common` or `json`.
     #[serde(default)]
     format: Option<String>,
+}
+
+impl RawAccessLog {
+    /// `access_log.format`: one of the three formats.
+    fn validate(&self) -> Result<(PathBuf, crate::access_log::Format), ConfigError> {
+        let format = match self.format.as_deref().unwrap_or("combined") {
+            "combined" => crate::access_log::Format::Combined,
+            "common" => crate::access_log::Format::Common,
+            "json" => crate::access_log::Format::Json,
+            other => {
+                return Err(invalid(
+                    "access_log.format",
+                    other,
+                    "must be `combined`, `common` or `json`",
+                ))
+            }
+        };
+        Ok((self.path.clone(), format))
+    }
 }
 
 /// One `listeners:` entry.
@@ -192,6 +312,86 @@ struct RawListener {
     tls: Option<RawListenerTls>,
 }
 
+/// `listeners`: at least one, each checked in order.
+fn validate_listeners(
+    raw: &[RawListener],
+    upstreams: &BTreeMap<String, RawUpstream>,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid(
+            "listeners",
+            "[]",
+            "at least one listener is required",
+        ));
+    }
+    let mut listeners = Vec::with_capacity(raw.len());
+    for (i, l) in raw.iter().enumerate() {
+        let listener = l.validate(i, upstreams, &listeners)?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+impl RawListener {
+    /// `listeners[i]`: `address` (not one of `earlier`'s), `upstream`,
+    /// `backlog`, `tls`.
+    fn validate(
+        &self,
+        i: usize,
+        upstreams: &BTreeMap<String, RawUpstream>,
+        earlier: &[ListenerConfig],
+    ) -> Result<ListenerConfig, ConfigError> {
+        let key = format!("listeners[{i}].address");
+        let address: SocketAddr = self
+            .address
+            .parse()
+            .map_err(|_| invalid(&key, &self.address, "expected IP:port, e.g. 0.0.0.0:6188"))?;
+        if earlier.iter().any(|o| o.address == address) {
+            return Err(invalid(&key, &self.address, "address listed twice"));
+        }
+        let upstream = self.upstream_index(i, upstreams)?;
+        let backlog = self.backlog.unwrap_or(4096);
+        let backlog = in_range(
+            format!("listeners[{i}].backlog"),
+            backlog,
+            1..,
+            "must be at least 1",
+        )?;
+        let tls = self.tls.as_ref().map(|t| t.validate(i)).transpose()?;
+        Ok(ListenerConfig {
+            address,
+            upstream,
+            backlog,
+            tls,
+        })
+    }
+
+    /// `listeners[i].upstream`: the group's index in name order; optional
+    /// when there is one group.
+    fn upstream_index(
+        &self,
+        i: usize,
+        upstreams: &BTreeMap<String, RawUpstream>,
+    ) -> Result<usize, ConfigError> {
+        let key = format!("listeners[{i}].upstream");
+        match &self.upstream {
+            Some(name) => upstreams.keys().position(|k| k == name).ok_or_else(|| {
+                invalid(
+                    key,
+                    name,
+                    "no upstream group with this name under `upstreams`",
+                )
+            }),
+            None if upstreams.len() == 1 => Ok(0),
+            None => Err(invalid(
+                key,
+                "(missing)",
+                "required when there is more than one upstream group",
+            )),
+        }
+    }
+}
+
 /// `listeners[i].tls`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +406,35 @@ struct RawListenerTls {
     /// Handshake deadline. Default 10000.
     #[serde(default)]
     handshake_timeout_ms: Option<u64>,
+}
+
+impl RawListenerTls {
+    /// `listeners[i].tls`: `handshake_timeout_ms` (1 to 600000), then the
+    /// certificates and keys, loaded.
+    fn validate(&self, i: usize) -> Result<(crate::tls::TlsMaterial, Duration), ConfigError> {
+        let hs = in_range(
+            format!("listeners[{i}].tls.handshake_timeout_ms"),
+            self.handshake_timeout_ms.unwrap_or(10_000),
+            1..=600_000,
+            "must be from 1 to 600000",
+        )?;
+        let hs = Duration::from_millis(hs);
+        let lt = crate::tls::ListenerTls {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            sni: self
+                .sni
+                .iter()
+                .map(|c| crate::tls::SniCert {
+                    names: c.names.clone(),
+                    cert_file: c.cert_file.clone(),
+                    key_file: c.key_file.clone(),
+                })
+                .collect(),
+            handshake_timeout: hs,
+        };
+        Ok((crate::tls::load_listener(i, &lt).map_err(tls_invalid)?, hs))
+    }
 }
 
 /// `listeners[i].tls.sni[j]`.
@@ -232,6 +461,30 @@ struct RawUpstreamTls {
     verify: Option<bool>,
 }
 
+impl RawUpstreamTls {
+    /// `upstreams.<group>.tls`: a warning when `verify` is false, then the
+    /// CA bundle, loaded.
+    fn validate(
+        &self,
+        group: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<crate::tls::TlsMaterial, ConfigError> {
+        let verify = self.verify.unwrap_or(true);
+        if !verify {
+            warnings.push(format!(
+                "upstreams.{group}.tls.verify is false: backend certificates are NOT verified; \
+                 anyone on the path can impersonate these backends"
+            ));
+        }
+        let ut = crate::tls::UpstreamTls {
+            sni: self.sni.clone(),
+            ca_file: self.ca_file.clone(),
+            verify,
+        };
+        crate::tls::load_upstream(group, &ut).map_err(tls_invalid)
+    }
+}
+
 /// One `upstreams:` group.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +501,80 @@ struct RawUpstream {
     /// Host header sent upstream. Default: the client's Host.
     #[serde(default)]
     host: Option<String>,
+}
+
+/// `upstreams`: at least one group, each checked in name order (the order
+/// [`ListenerConfig::upstream`] indexes).
+fn validate_upstreams(
+    raw: &BTreeMap<String, RawUpstream>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<UpstreamConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid(
+            "upstreams",
+            "{}",
+            "at least one upstream group is required",
+        ));
+    }
+    raw.iter()
+        .map(|(name, up)| up.validate(name, warnings))
+        .collect()
+}
+
+impl RawUpstream {
+    /// `upstreams.<name>`: `backends` (at least one), `health_check`, `tls`,
+    /// `host`.
+    fn validate(
+        &self,
+        name: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<UpstreamConfig, ConfigError> {
+        if self.backends.is_empty() {
+            return Err(invalid(
+                format!("upstreams.{name}.backends"),
+                "[]",
+                "at least one backend is required",
+            ));
+        }
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.validate(name, i))
+            .collect::<Result<_, _>>()?;
+        let health_check = self
+            .health_check
+            .as_ref()
+            .map(|h| h.validate(name))
+            .transpose()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.validate(name, warnings))
+            .transpose()?;
+        let host = self.host(name)?;
+        Ok(UpstreamConfig {
+            name: name.to_owned(),
+            backends,
+            health_check,
+            tls,
+            host,
+        })
+    }
+
+    /// `upstreams.<name>.host`: a host name (no spaces, controls or `/`).
+    fn host(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        match &self.host {
+            Some(h) if h.is_empty() || h.bytes().any(|b| is_space_or_control(b) || b == b'/') => {
+                Err(invalid(
+                    format!("upstreams.{name}.host"),
+                    h,
+                    "must be a host name",
+                ))
+            }
+            host => Ok(host.clone()),
+        }
+    }
 }
 
 /// `upstreams.<name>.health_check`.
@@ -280,6 +607,103 @@ struct RawHealthCheck {
     expected_status: Option<u16>,
 }
 
+/// The dotted name of `upstreams.<group>.health_check.<k>`.
+fn health_key(group: &str, k: &str) -> String {
+    format!("upstreams.{group}.health_check.{k}")
+}
+
+impl RawHealthCheck {
+    /// `upstreams.<group>.health_check`: the timings, the thresholds, then
+    /// `kind` and its keys.
+    fn validate(&self, group: &str) -> Result<HealthCheckConfig, ConfigError> {
+        let timing = |k: &str, v: Option<u64>, default: u64| {
+            let reason = "must be from 1 to 3600000 ms";
+            in_range(
+                health_key(group, k),
+                v.unwrap_or(default),
+                1..=3_600_000,
+                reason,
+            )
+            .map(Duration::from_millis)
+        };
+        let threshold = |k: &str, v: Option<u32>| {
+            in_range(
+                health_key(group, k),
+                v.unwrap_or(1),
+                1..=100,
+                "must be from 1 to 100",
+            )
+        };
+        let interval = timing("interval_ms", self.interval_ms, 1000)?;
+        let timeout = timing("timeout_ms", self.timeout_ms, 1000)?;
+        let rise = threshold("rise", self.rise)?;
+        let fall = threshold("fall", self.fall)?;
+        let kind = self.kind(group)?;
+        Ok(HealthCheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
+        })
+    }
+
+    /// `kind`: `tcp` (default) takes none of the http keys; `http` checks them.
+    fn kind(&self, group: &str) -> Result<CheckKind, ConfigError> {
+        match self.kind.as_deref().unwrap_or("tcp") {
+            "tcp" => {
+                for (k, set) in [
+                    ("path", self.path.is_some()),
+                    ("host", self.host.is_some()),
+                    ("expected_status", self.expected_status.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            health_key(group, k),
+                            "(set)",
+                            "only meaningful with `kind: http`",
+                        ));
+                    }
+                }
+                Ok(CheckKind::Tcp)
+            }
+            "http" => self.http(group),
+            other => Err(invalid(
+                health_key(group, "kind"),
+                other,
+                "must be `tcp` or `http`",
+            )),
+        }
+    }
+
+    /// `kind: http`: `path` (default `/`), `host`, `expected_status`.
+    fn http(&self, group: &str) -> Result<CheckKind, ConfigError> {
+        let path = self.path.clone().unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || path.bytes().any(is_space_or_control) {
+            return Err(invalid(
+                health_key(group, "path"),
+                &path,
+                "must start with / and contain no spaces or controls",
+            ));
+        }
+        if let Some(host) = &self.host {
+            if host.is_empty() || host.bytes().any(is_space_or_control) {
+                let reason = "must be a non-empty host name";
+                return Err(invalid(health_key(group, "host"), host, reason));
+            }
+        }
+        if let Some(s) = self.expected_status {
+            let key = health_key(group, "expected_status");
+            in_range(key, s, 100..=599, "must be an HTTP status 100-599")?;
+        }
+        Ok(CheckKind::Http {
+            path,
+            host: self.host.clone(),
+            expected_status: self.expected_status,
+        })
+    }
+}
+
 /// A backend: `"IP:port"` or `{ address: "IP:port", weight: N }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -294,6 +718,37 @@ struct RawWeightedBackend {
     address: String,
     #[serde(default)]
     weight: Option<i64>,
+}
+
+impl RawBackend {
+    /// `upstreams.<group>.backends[i]`: an address with a port other than
+    /// 0; `weight` 1 to 10000, default 1.
+    fn validate(&self, group: &str, i: usize) -> Result<BackendConfig, ConfigError> {
+        let (addr, weight) = match self {
+            RawBackend::Plain(a) => (a.as_str(), 1i64),
+            RawBackend::Weighted(w) => (w.address.as_str(), w.weight.unwrap_or(1)),
+        };
+        let key = format!("upstreams.{group}.backends[{i}]");
+        let address = parse_address(&format!("{key}.address"), addr)?;
+        if address.port() == 0 {
+            return Err(invalid(
+                format!("{key}.address"),
+                addr,
+                "port 0 is not a backend",
+            ));
+        }
+        let weight = in_range(
+            format!("{key}.weight"),
+            weight,
+            1..=10_000,
+            "weight must be an integer from 1 to 10000",
+        )?;
+        Ok(BackendConfig {
+            address,
+            name: addr.to_string(),
+            weight: weight as u32,
+        })
+    }
 }
 
 /// `limits:`: every limit and timeout, each finite by default.
@@ -341,11 +796,106 @@ struct RawLimits {
     max_chunk_extension_bytes: Option<usize>,
 }
 
+impl RawLimits {
+    /// `limits`: the counts, the timeouts, then `max_chunk_extension_bytes`.
+    fn validate(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let max_headers = in_range(
+            "limits.max_headers",
+            self.max_headers.unwrap_or(d.max_headers),
+            1..=MAX_HEADERS_CEILING,
+            format!("must be from 1 to {MAX_HEADERS_CEILING}"),
+        )?;
+        let max_head_bytes = in_range(
+            "limits.max_head_bytes",
+            self.max_head_bytes.unwrap_or(d.max_head_bytes),
+            1024..=1024 * 1024,
+            "must be from 1024 to 1048576",
+        )?;
+        let keepalive_requests = in_range(
+            "limits.keepalive_requests",
+            self.keepalive_requests.unwrap_or(d.keepalive_requests),
+            1..,
+            "must be at least 1",
+        )?;
+        let max_connections_per_worker = in_range(
+            "limits.max_connections_per_worker",
+            self.max_connections_per_worker
+                .unwrap_or(d.max_connections_per_worker),
+            1..,
+            "must be at least 1",
+        )?;
+        let timeouts = self.timeouts()?;
+        let max_chunk_extension_bytes = in_range(
+            "limits.max_chunk_extension_bytes",
+            self.max_chunk_extension_bytes
+                .unwrap_or(d.max_chunk_extension_bytes),
+            1..=65_536,
+            "must be from 1 to 65536",
+        )?;
+        Ok(Limits {
+            keepalive_requests,
+            max_head_bytes,
+            max_headers,
+            max_connections_per_worker,
+            max_chunk_extension_bytes,
+            ..timeouts
+        })
+    }
+
+    /// The `*_timeout_ms` keys, in order; the other fields keep their defaults.
+    fn timeouts(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let ms = |key: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(n) => in_range(format!("limits.{key}"), n, 1.., "must be at least 1 ms")
+                .map(Duration::from_millis),
+        };
+        Ok(Limits {
+            header_timeout: ms(
+                "header_timeout_ms",
+                self.header_timeout_ms,
+                d.header_timeout,
+            )?,
+            keepalive_timeout: ms(
+                "keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                d.keepalive_timeout,
+            )?,
+            body_timeout: ms("body_timeout_ms", self.body_timeout_ms, d.body_timeout)?,
+            upstream_connect_timeout: ms(
+                "upstream_connect_timeout_ms",
+                self.upstream_connect_timeout_ms,
+                d.upstream_connect_timeout,
+            )?,
+            upstream_response_timeout: ms(
+                "upstream_response_timeout_ms",
+                self.upstream_response_timeout_ms,
+                d.upstream_response_timeout,
+            )?,
+            upstream_body_timeout: ms(
+                "upstream_body_timeout_ms",
+                self.upstream_body_timeout_ms,
+                d.upstream_body_timeout,
+            )?,
+            upstream_idle_timeout: ms(
+                "upstream_idle_timeout_ms",
+                self.upstream_idle_timeout_ms,
+                d.upstream_idle_timeout,
+            )?,
+            client_write_timeout: ms(
+                "client_write_timeout_ms",
+                self.client_write_timeout_ms,
+                d.client_write_timeout,
+            )?,
+            ..d
+        })
+    }
+}
+
 /// Validated configuration, shared read-only by all threads.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the config was loaded from (for messages).
-    pub path: PathBuf,
     /// Worker thread count (config `threads`, CLI `--threads`, else CPUs).
     pub threads: usize,
     /// `pid_file`.
@@ -528,15 +1078,7 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        validate(raw, path, threads_override)
-    }
-}
-
-fn ms(key: &str, v: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(0) => Err(invalid(format!("limits.{key}"), 0, "must be at least 1 ms")),
-        Some(n) => Ok(Duration::from_millis(n)),
+        validate(raw, threads_override)
     }
 }
 
@@ -570,426 +1112,23 @@ fn tls_invalid(e: crate::tls::TlsError) -> ConfigError {
     }
 }
 
-fn validate_health(group: &str, h: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
-    let key = |k: &str| format!("upstreams.{group}.health_check.{k}");
-    let positive_ms = |k: &str, v: Option<u64>, d: u64| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(Duration::from_millis(d)),
-            Some(n) if (1..=3_600_000).contains(&n) => Ok(Duration::from_millis(n)),
-            Some(n) => Err(invalid(key(k), n, "must be from 1 to 3600000 ms")),
-        }
-    };
-    let interval = positive_ms("interval_ms", h.interval_ms, 1000)?;
-    let timeout = positive_ms("timeout_ms", h.timeout_ms, 1000)?;
-    let threshold = |k: &str, v: Option<u32>| -> Result<u32, ConfigError> {
-        match v {
-            None => Ok(1),
-            Some(n) if (1..=100).contains(&n) => Ok(n),
-            Some(n) => Err(invalid(key(k), n, "must be from 1 to 100")),
-        }
-    };
-    let rise = threshold("rise", h.rise)?;
-    let fall = threshold("fall", h.fall)?;
-    let kind = match h.kind.as_deref().unwrap_or("tcp") {
-        "tcp" => {
-            for (k, set) in [
-                ("path", h.path.is_some()),
-                ("host", h.host.is_some()),
-                ("expected_status", h.expected_status.is_some()),
-            ] {
-                if set {
-                    return Err(invalid(
-                        key(k),
-                        "(set)",
-                        "only meaningful with `kind: http`",
-                    ));
-                }
-            }
-            CheckKind::Tcp
-        }
-        "http" => {
-            let path = h.path.clone().unwrap_or_else(|| "/".to_string());
-            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                return Err(invalid(
-                    key("path"),
-                    &path,
-                    "must start with / and contain no spaces or controls",
-                ));
-            }
-            if let Some(host) = &h.host {
-                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                    return Err(invalid(key("host"), host, "must be a non-empty host name"));
-                }
-            }
-            if let Some(s) = h.expected_status {
-                if !(100..=599).contains(&s) {
-                    return Err(invalid(
-                        key("expected_status"),
-                        s,
-                        "must be an HTTP status 100-599",
-                    ));
-                }
-            }
-            CheckKind::Http {
-                path,
-                host: h.host.clone(),
-                expected_status: h.expected_status,
-            }
-        }
-        other => return Err(invalid(key("kind"), other, "must be `tcp` or `http`")),
-    };
-    Ok(HealthCheckConfig {
-        kind,
-        interval,
-        timeout,
-        rise,
-        fall,
-    })
-}
-
-fn validate(
-    raw: RawConfig,
-    path: &Path,
-    threads_override: Option<usize>,
-) -> Result<Config, ConfigError> {
-    let mut warnings = Vec::new();
-    if let Some(v) = raw.version {
-        if v != 1 {
-            return Err(invalid("version", v, "only version 1 exists"));
-        }
-    }
-    let pingora_only = [
-        ("user", raw.user.is_some()),
-        ("group", raw.group.is_some()),
-        ("working_directory", raw.working_directory.is_some()),
-        ("listener_tasks_per_fd", raw.listener_tasks_per_fd.is_some()),
-        ("work_stealing", raw.work_stealing.is_some()),
-        ("ca_file", raw.ca_file.is_some()),
-        ("client_bind_to_ipv4", raw.client_bind_to_ipv4.is_some()),
-        ("client_bind_to_ipv6", raw.client_bind_to_ipv6.is_some()),
-        (
-            "upstream_connect_offload_threadpools",
-            raw.upstream_connect_offload_threadpools.is_some(),
-        ),
-        (
-            "upstream_connect_offload_thread_per_pool",
-            raw.upstream_connect_offload_thread_per_pool.is_some(),
-        ),
-        (
-            "upstream_debug_ssl_keylog",
-            raw.upstream_debug_ssl_keylog.is_some(),
-        ),
-        ("max_blocking_threads", raw.max_blocking_threads.is_some()),
-        (
-            "blocking_threads_ttl_seconds",
-            raw.blocking_threads_ttl_seconds.is_some(),
-        ),
-        ("daemon_wait_for_ready", raw.daemon_wait_for_ready.is_some()),
-        (
-            "daemon_ready_timeout_seconds",
-            raw.daemon_ready_timeout_seconds.is_some(),
-        ),
-        (
-            "daemon_notify_timeout_seconds",
-            raw.daemon_notify_timeout_seconds.is_some(),
-        ),
-        ("s2n_config_cache_size", raw.s2n_config_cache_size.is_some()),
-    ];
-    for (key, present) in pingora_only {
-        if present {
-            warnings.push(format!(
-                "config key `{key}` is a Pingora key lbd does not implement; ignored"
-            ));
-        }
-    }
-
-    let threads = match threads_override.or(raw.threads) {
-        Some(0) => {
-            let key = if threads_override.is_some() {
-                "--threads"
-            } else {
-                "threads"
-            };
-            return Err(invalid(key, 0, "must be at least 1"));
-        }
-        Some(n) if n > 1024 => {
-            let key = if threads_override.is_some() {
-                "--threads"
-            } else {
-                "threads"
-            };
-            return Err(invalid(key, n, "at most 1024 worker threads"));
-        }
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-
-    if raw.upstreams.is_empty() {
-        return Err(invalid(
-            "upstreams",
-            "{}",
-            "at least one upstream group is required",
-        ));
-    }
-    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
-    for (name, up) in &raw.upstreams {
-        if up.backends.is_empty() {
-            return Err(invalid(
-                format!("upstreams.{name}.backends"),
-                "[]",
-                "at least one backend is required",
-            ));
-        }
-        let mut backends = Vec::with_capacity(up.backends.len());
-        for (i, b) in up.backends.iter().enumerate() {
-            let (addr, weight) = match b {
-                RawBackend::Plain(a) => (a.as_str(), 1i64),
-                RawBackend::Weighted(w) => (w.address.as_str(), w.weight.unwrap_or(1)),
-            };
-            let key = format!("upstreams.{name}.backends[{i}]");
-            let address = parse_address(&format!("{key}.address"), addr)?;
-            if address.port() == 0 {
-                return Err(invalid(
-                    format!("{key}.address"),
-                    addr,
-                    "port 0 is not a backend",
-                ));
-            }
-            if !(1..=10_000).contains(&weight) {
-                return Err(invalid(
-                    format!("{key}.weight"),
-                    weight,
-                    "weight must be an integer from 1 to 10000",
-                ));
-            }
-            backends.push(BackendConfig {
-                address,
-                name: addr.to_string(),
-                weight: weight as u32,
-            });
-        }
-        let health_check = match &up.health_check {
-            None => None,
-            Some(h) => Some(validate_health(name, h)?),
-        };
-        let tls = match &up.tls {
-            None => None,
-            Some(t) => {
-                let verify = t.verify.unwrap_or(true);
-                if !verify {
-                    warnings.push(format!(
-                        "upstreams.{name}.tls.verify is false: backend certificates are NOT verified; \
-                         anyone on the path can impersonate these backends"
-                    ));
-                }
-                let ut = crate::tls::UpstreamTls {
-                    sni: t.sni.clone(),
-                    ca_file: t.ca_file.clone(),
-                    verify,
-                };
-                Some(crate::tls::load_upstream(name, &ut).map_err(tls_invalid)?)
-            }
-        };
-        if let Some(h) = &up.host {
-            if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
-                return Err(invalid(
-                    format!("upstreams.{name}.host"),
-                    h,
-                    "must be a host name",
-                ));
-            }
-        }
-        upstreams.push(UpstreamConfig {
-            name: name.clone(),
-            backends,
-            health_check,
-            tls,
-            host: up.host.clone(),
-        });
-    }
-
-    if raw.listeners.is_empty() {
-        return Err(invalid(
-            "listeners",
-            "[]",
-            "at least one listener is required",
-        ));
-    }
-    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listeners.len());
-    for (i, l) in raw.listeners.iter().enumerate() {
-        let key = format!("listeners[{i}].address");
-        let address: SocketAddr = l
-            .address
-            .parse()
-            .map_err(|_| invalid(&key, &l.address, "expected IP:port, e.g. 0.0.0.0:6188"))?;
-        if listeners.iter().any(|o| o.address == address) {
-            return Err(invalid(&key, &l.address, "address listed twice"));
-        }
-        let upstream = match &l.upstream {
-            Some(name) => raw
-                .upstreams
-                .keys()
-                .position(|k| k == name)
-                .ok_or_else(|| {
-                    invalid(
-                        format!("listeners[{i}].upstream"),
-                        name,
-                        "no upstream group with this name under `upstreams`",
-                    )
-                })?,
-            None if raw.upstreams.len() == 1 => 0,
-            None => {
-                return Err(invalid(
-                    format!("listeners[{i}].upstream"),
-                    "(missing)",
-                    "required when there is more than one upstream group",
-                ))
-            }
-        };
-        let backlog = l.backlog.unwrap_or(4096);
-        if backlog < 1 {
-            return Err(invalid(
-                format!("listeners[{i}].backlog"),
-                backlog,
-                "must be at least 1",
-            ));
-        }
-        let tls = match &l.tls {
-            None => None,
-            Some(t) => {
-                let hs = match t.handshake_timeout_ms {
-                    None => Duration::from_secs(10),
-                    Some(n) if (1..=600_000).contains(&n) => Duration::from_millis(n),
-                    Some(n) => {
-                        return Err(invalid(
-                            format!("listeners[{i}].tls.handshake_timeout_ms"),
-                            n,
-                            "must be from 1 to 600000",
-                        ))
-                    }
-                };
-                let lt = crate::tls::ListenerTls {
-                    cert_file: t.cert_file.clone(),
-                    key_file: t.key_file.clone(),
-                    sni: t
-                        .sni
-                        .iter()
-                        .map(|c| crate::tls::SniCert {
-                            names: c.names.clone(),
-                            cert_file: c.cert_file.clone(),
-                            key_file: c.key_file.clone(),
-                        })
-                        .collect(),
-                    handshake_timeout: hs,
-                };
-                Some((crate::tls::load_listener(i, &lt).map_err(tls_invalid)?, hs))
-            }
-        };
-        listeners.push(ListenerConfig {
-            address,
-            upstream,
-            backlog,
-            tls,
-        });
-    }
-
-    let d = Limits::default();
-    let r = &raw.limits;
-    let max_headers = r.max_headers.unwrap_or(d.max_headers);
-    if !(1..=MAX_HEADERS_CEILING).contains(&max_headers) {
-        return Err(invalid(
-            "limits.max_headers",
-            max_headers,
-            format!("must be from 1 to {MAX_HEADERS_CEILING}"),
-        ));
-    }
-    let max_head_bytes = r.max_head_bytes.unwrap_or(d.max_head_bytes);
-    if !(1024..=1024 * 1024).contains(&max_head_bytes) {
-        return Err(invalid(
-            "limits.max_head_bytes",
-            max_head_bytes,
-            "must be from 1024 to 1048576",
-        ));
-    }
-    let keepalive_requests = r.keepalive_requests.unwrap_or(d.keepalive_requests);
-    if keepalive_requests == 0 {
-        return Err(invalid(
-            "limits.keepalive_requests",
-            0,
-            "must be at least 1",
-        ));
-    }
-    let max_conns = r
-        .max_connections_per_worker
-        .unwrap_or(d.max_connections_per_worker);
-    if max_conns == 0 {
-        return Err(invalid(
-            "limits.max_connections_per_worker",
-            0,
-            "must be at least 1",
-        ));
-    }
-    let limits = Limits {
-        header_timeout: ms("header_timeout_ms", r.header_timeout_ms, d.header_timeout)?,
-        keepalive_timeout: ms(
-            "keepalive_timeout_ms",
-            r.keepalive_timeout_ms,
-            d.keepalive_timeout,
-        )?,
-        keepalive_requests,
-        body_timeout: ms("body_timeout_ms", r.body_timeout_ms, d.body_timeout)?,
-        max_head_bytes,
-        max_headers,
-        upstream_connect_timeout: ms(
-            "upstream_connect_timeout_ms",
-            r.upstream_connect_timeout_ms,
-            d.upstream_connect_timeout,
-        )?,
-        upstream_response_timeout: ms(
-            "upstream_response_timeout_ms",
-            r.upstream_response_timeout_ms,
-            d.upstream_response_timeout,
-        )?,
-        upstream_body_timeout: ms(
-            "upstream_body_timeout_ms",
-            r.upstream_body_timeout_ms,
-            d.upstream_body_timeout,
-        )?,
-        upstream_idle_timeout: ms(
-            "upstream_idle_timeout_ms",
-            r.upstream_idle_timeout_ms,
-            d.upstream_idle_timeout,
-        )?,
-        client_write_timeout: ms(
-            "client_write_timeout_ms",
-            r.client_write_timeout_ms,
-            d.client_write_timeout,
-        )?,
-        max_connections_per_worker: max_conns,
-        max_chunk_extension_bytes: match r.max_chunk_extension_bytes {
-            None => d.max_chunk_extension_bytes,
-            Some(n) if (1..=65_536).contains(&n) => n,
-            Some(n) => {
-                return Err(invalid(
-                    "limits.max_chunk_extension_bytes",
-                    n,
-                    "must be from 1 to 65536",
-                ))
-            }
-        },
-    };
-
-    let max_retries = raw.max_retries.unwrap_or(16);
-    if max_retries == 0 {
-        return Err(invalid(
-            "max_retries",
-            0,
-            "must be at least 1 (one attempt)",
-        ));
-    }
-
+/// Checks `raw` section by section and freezes it. The order decides which
+/// error is reported when several keys are wrong, so it stays: `version`,
+/// `threads`, `upstreams`, `listeners`, `limits`, `max_retries`,
+/// `upgrade_sock_connect_accept_max_retries`, `access_log`, `admin`.
+fn validate(raw: RawConfig, threads_override: Option<usize>) -> Result<Config, ConfigError> {
+    raw.version()?;
+    let mut warnings = raw.pingora_only_warnings();
+    let threads = raw.threads(threads_override)?;
+    let upstreams = validate_upstreams(&raw.upstreams, &mut warnings)?;
+    let listeners = validate_listeners(&raw.listeners, &raw.upstreams)?;
+    let limits = raw.limits.validate()?;
+    let max_retries = raw.max_retries()?;
+    let upgrade_wait = raw.upgrade_wait()?;
+    let access_log = raw.access_log.as_ref().map(RawAccessLog::validate);
+    let access_log = access_log.transpose()?;
+    let admin = raw.admin.as_ref().map(RawAdmin::validate).transpose()?;
     Ok(Config {
-        path: path.to_owned(),
         threads,
         pid_file: raw.pid_file,
         error_log: raw.error_log,
@@ -1003,47 +1142,13 @@ fn validate(
         ),
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         max_retries,
-        upgrade_wait: Duration::from_secs(match raw.upgrade_sock_connect_accept_max_retries {
-            None => 5,
-            Some(n) if (1..=3600).contains(&n) => n,
-            Some(n) => {
-                return Err(invalid(
-                    "upgrade_sock_connect_accept_max_retries",
-                    n,
-                    "must be from 1 to 3600 (one retry per second)",
-                ))
-            }
-        }),
+        upgrade_wait,
         listeners,
         upstreams,
         limits,
         histogram_file: raw.histogram_file,
-        access_log: match raw.access_log {
-            None => None,
-            Some(a) => {
-                let format = match a.format.as_deref().unwrap_or("combined") {
-                    "combined" => crate::access_log::Format::Combined,
-                    "common" => crate::access_log::Format::Common,
-                    "json" => crate::access_log::Format::Json,
-                    other => {
-                        return Err(invalid(
-                            "access_log.format",
-                            other,
-                            "must be `combined`, `common` or `json`",
-                        ))
-                    }
-                };
-                Some((a.path, format))
-            }
-        },
-        admin: match raw.admin {
-            None => None,
-            Some(a) => Some(
-                a.address
-                    .parse()
-                    .map_err(|_| invalid("admin.address", &a.address, "expected IP:port"))?,
-            ),
-        },
+        admin,
+        access_log,
         warnings,
     })
 }
