@@ -66,7 +66,7 @@ impl Fields {
             let Some(colon) = l.iter().position(|&b| b == b':') else {
                 continue;
             };
-            let (name, value) = (&l[..colon], trim(&l[colon + 1..]));
+            let (name, value) = (&l[..colon], crate::http::trim_ows(&l[colon + 1..]));
             if name.eq_ignore_ascii_case(b"referer") {
                 self.referer.extend_from_slice(value);
             } else if name.eq_ignore_ascii_case(b"user-agent") {
@@ -74,16 +74,6 @@ impl Fields {
             }
         }
     }
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 /// One finished request.

@@ -13,9 +13,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
 use crate::metrics::{self, Reply, WorkerMetrics};
-use crate::worker::Shared;
+use crate::shard::Shared;
 
 /// Binds the admin address (on the main thread, so a bad address fails start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -25,7 +24,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves the admin endpoint forever on its own thread.
 pub fn spawn(
     listener: TcpListener,
-    config: Arc<Config>,
     shared: Arc<Shared>,
     workers: Vec<Arc<WorkerMetrics>>,
     scrapes: Receiver<Reply>,
@@ -38,7 +36,7 @@ pub fn spawn(
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                if let Err(e) = handle(conn, &config, &shared, &workers, &scrapes) {
+                if let Err(e) = handle(conn, &shared, &workers, &scrapes) {
                     log::debug!("admin: {e}");
                 }
             }
@@ -48,7 +46,6 @@ pub fn spawn(
 
 fn handle(
     mut conn: TcpStream,
-    config: &Config,
     shared: &Shared,
     workers: &[Arc<WorkerMetrics>],
     scrapes: &Receiver<Reply>,
@@ -82,8 +79,17 @@ fn handle(
             let epoch = shared.requests.scrape.fetch_add(1, Ordering::AcqRel) + 1;
             let live = workers.len();
             let (latency, _) = metrics::collect(scrapes, epoch, live, Duration::from_secs(1));
+            let labels: Vec<metrics::BackendLabels<'_>> = shared
+                .registry
+                .backends()
+                .iter()
+                .map(|b| {
+                    let group = &shared.registry.groups()[b.group].name;
+                    (b.id.index(), group.as_str(), b.name.as_str())
+                })
+                .collect();
             let body = metrics::prometheus(&metrics::Scrape {
-                config,
+                backends: &labels,
                 workers,
                 health: &shared.health,
                 latency: &latency,
@@ -107,18 +113,8 @@ fn handle(
 }
 
 fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes())?;
+    let mut head = Vec::with_capacity(128);
+    crate::http::write_head(&mut head, status, ctype, body.len() as u64, true);
+    conn.write_all(&head)?;
     conn.write_all(body.as_bytes())
 }

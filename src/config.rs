@@ -431,7 +431,6 @@ impl RawListenerTls {
                     key_file: c.key_file.clone(),
                 })
                 .collect(),
-            handshake_timeout: hs,
         };
         Ok((crate::tls::load_listener(i, &lt).map_err(tls_invalid)?, hs))
     }

@@ -1,4 +1,5 @@
-//! Process lifecycle outside the data path: daemonizing and the pid file.
+//! Process lifecycle outside the data path: daemonizing, the pid file, and
+//! files the process writes atomically (pid file, histogram dumps).
 //!
 //! `-d` forks before any thread exists. The parent does not exit at once: it
 //! waits on a pipe until the daemon reports that it is listening (exit 0) or
@@ -10,6 +11,9 @@
 //! A pid file naming a live process is not clobbered unless `-u` says this is
 //! an upgrade; on exit the file is removed only if it still holds our pid (after
 //! an upgrade it belongs to the new process).
+
+// The one syscall wrapper here that needs `unsafe` has its SAFETY comment.
+#![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -136,15 +140,22 @@ pub fn check_pid_file(path: &Path, upgrade: bool) -> Result<(), PidFileError> {
     }
 }
 
+/// Writes `bytes` to `path` atomically: a temp file in the same directory,
+/// then a rename, so a reader sees the old file or the new one, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Writes our pid atomically.
 pub fn write_pid_file(path: &Path) -> Result<(), PidFileError> {
-    let err = |source| PidFileError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    write_atomic(path, format!("{}\n", std::process::id()).as_bytes()).map_err(|source| {
+        PidFileError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Removes the pid file if it still names this process.

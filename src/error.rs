@@ -2,10 +2,11 @@
 //!
 //! Modelled on Pingora's error taxonomy: every failure on the request path is
 //! a [`ProxyError`] with a [`Side`] (downstream client, upstream backend, or
-//! lbd itself) and a [`ErrorKind`]. One function, [`ProxyError::status`], maps
-//! it to the status the client gets; [`ProxyError::retryable`] says whether
-//! the request may be tried on another backend. No boxing: these are created
-//! on the hot path.
+//! lbd itself), an [`ErrorKind`] and a [`Retry`] verdict (Pingora's
+//! `RetryType`), decided where the error is made from what had happened by
+//! then. One function, [`ProxyError::status`], maps it to the status the
+//! client gets; [`ProxyError::retryable`] says whether the request may be
+//! tried again. No boxing: these are created on the hot path.
 
 use crate::http::chunked::ChunkError;
 use crate::http::request::RequestError;
@@ -31,6 +32,9 @@ pub enum ErrorKind {
     /// The client's chunked body is malformed.
     #[error("bad chunked request body: {0}")]
     BadRequestBody(ChunkError),
+    /// No route of the listener matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
     /// The client was too slow sending its head or body.
     #[error("client timed out")]
     ClientTimeout,
@@ -72,6 +76,20 @@ pub enum ErrorKind {
     UpstreamTruncated,
 }
 
+/// Whether the request may be tried again after this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never (something reached the client, the backend may have acted on
+    /// a partial request, or the failure is not the backend's).
+    No,
+    /// Nothing reached the backend: any request may go to another one.
+    Yes,
+    /// The request was sent but no response byte came back: only a
+    /// request that is idempotent and entirely buffered may be sent again
+    /// (RFC 9110 §9.2.2; nginx's `proxy_next_upstream error`).
+    IfResendable,
+}
+
 /// An error on the request path.
 #[derive(Debug)]
 pub struct ProxyError {
@@ -79,6 +97,8 @@ pub struct ProxyError {
     pub side: Side,
     /// What happened.
     pub kind: ErrorKind,
+    /// Whether a retry is safe.
+    pub retry: Retry,
 }
 
 impl std::fmt::Display for ProxyError {
@@ -93,20 +113,59 @@ impl std::fmt::Display for ProxyError {
 }
 
 impl ProxyError {
-    /// A client-side failure.
+    /// A client-side failure (never retried).
     pub fn downstream(kind: ErrorKind) -> Self {
         ProxyError {
             side: Side::Downstream,
             kind,
+            retry: Retry::No,
         }
     }
 
-    /// A backend-side failure.
+    /// A backend-side failure, retry verdict from what the kind says was
+    /// sent: a failed connect or handshake sent nothing; an I/O failure or
+    /// close before any response byte leaves only resendable requests
+    /// retryable; a timeout or a bad response is never retried.
     pub fn upstream(kind: ErrorKind) -> Self {
+        let retry = match kind {
+            ErrorKind::ConnectFailed(_)
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::TlsHandshake(_) => Retry::Yes,
+            ErrorKind::UpstreamIo(_) | ErrorKind::UpstreamClosed => Retry::IfResendable,
+            _ => Retry::No,
+        };
         ProxyError {
             side: Side::Upstream,
             kind,
+            retry,
         }
+    }
+
+    /// lbd's own failure (out of descriptors, ports or memory): not the
+    /// backend's, so neither retried elsewhere nor held against it.
+    pub fn internal(kind: ErrorKind) -> Self {
+        ProxyError {
+            side: Side::Internal,
+            kind,
+            retry: Retry::No,
+        }
+    }
+
+    /// Whether the request may be tried again; `resendable`: it is
+    /// idempotent and lbd still holds all of it.
+    pub fn retryable(&self, resendable: bool) -> bool {
+        match self.retry {
+            Retry::No => false,
+            Retry::Yes => true,
+            Retry::IfResendable => resendable,
+        }
+    }
+
+    /// The same failure once response bytes reached the client: it can
+    /// only close the connection, never be retried.
+    pub fn after_response(mut self) -> Self {
+        self.retry = Retry::No;
+        self
     }
 
     /// The status the client gets, if a response can still be sent.
@@ -114,6 +173,7 @@ impl ProxyError {
         Some(match &self.kind {
             ErrorKind::BadRequest(e) => e.status(),
             ErrorKind::BadRequestBody(_) => 400,
+            ErrorKind::NoRoute => 404,
             ErrorKind::ClientTimeout => 408,
             ErrorKind::ClientIo(_) => return None,
             ErrorKind::ConnectFailed(_)
@@ -126,15 +186,6 @@ impl ProxyError {
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => 504,
             ErrorKind::NoUpstream | ErrorKind::LocalResources(_) => 503,
         })
-    }
-
-    /// True when nothing reached the backend, so any request may go to
-    /// another backend.
-    pub fn nothing_sent(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::ConnectFailed(_) | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake(_)
-        )
     }
 }
 
@@ -169,7 +220,11 @@ mod tests {
             ProxyError::downstream(ErrorKind::ClientIo(io())).status(),
             None
         );
-        assert!(ProxyError::upstream(ErrorKind::ConnectFailed(io())).nothing_sent());
-        assert!(!ProxyError::upstream(ErrorKind::UpstreamClosed).nothing_sent());
+        assert!(ProxyError::upstream(ErrorKind::ConnectFailed(io())).retryable(false));
+        let closed = ProxyError::upstream(ErrorKind::UpstreamClosed);
+        assert!(closed.retryable(true) && !closed.retryable(false));
+        assert!(!ProxyError::upstream(ErrorKind::UpstreamTimeout).retryable(true));
+        assert!(!ProxyError::downstream(ErrorKind::ClientTimeout).retryable(true));
+        assert!(!ProxyError::internal(ErrorKind::LocalResources(io())).retryable(true));
     }
 }

@@ -12,11 +12,10 @@
 //! at start never sees a first request.
 //!
 //! Besides the bits, the map holds a per-backend *generation*, bumped by the
-//! checker after every passing check. Workers use it for passive marking:
-//! a worker whose connect to a backend fails marks it down in its own local
-//! table, tagged with the generation it saw; the mark holds until the checker
-//! passes a newer check of that backend (or, for groups without health
-//! checks, for one second). No worker ever writes shared memory.
+//! checker after every passing check, which the workers' own passive marks
+//! compare against. Backends are indexed by
+//! their registry id; what to check comes from the registry as
+//! [`CheckGroup`]s. No worker ever writes shared memory.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{CheckKind, Config, HealthCheckConfig};
+use crate::config::{CheckKind, HealthCheckConfig};
 
 /// The shared health state: one bit and one generation per backend.
 #[derive(Debug)]
@@ -58,7 +57,7 @@ impl HealthMap {
     }
 
     /// Sets backend `id`'s bit. Checker thread only.
-    fn set(&self, id: usize, up: bool) {
+    pub(crate) fn set(&self, id: usize, up: bool) {
         if let Some(w) = self.words.get(id / 64) {
             let bit = 1u64 << (id % 64);
             if up {
@@ -90,7 +89,7 @@ impl HealthMap {
         }
     }
 
-    fn bump_generation(&self, id: usize) {
+    pub(crate) fn bump_generation(&self, id: usize) {
         if let Some(g) = self.generations.get(id) {
             g.fetch_add(1, Ordering::Release);
         }
@@ -106,6 +105,16 @@ struct Target {
     successes: u32,
     failures: u32,
     next: Instant,
+}
+
+/// One group's checks, as the registry hands them over.
+pub(crate) struct CheckGroup {
+    /// The group's `health_check` block.
+    pub(crate) check: HealthCheckConfig,
+    /// The checker's TLS settings for a TLS group.
+    pub(crate) tls: CheckTls,
+    /// Its backends: (id index, name as written, address).
+    pub(crate) targets: Vec<(usize, String, SocketAddr)>,
 }
 
 struct GroupChecks {
@@ -226,36 +235,30 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker for every group with a `health_check` block. `None` if no
-    /// group has one (no thread needed).
-    pub fn new(config: &Config, map: Arc<HealthMap>) -> Option<Self> {
-        let mut groups = Vec::new();
-        let mut first = 0;
+    /// A checker for `groups`. `None` if there is nothing to check (no
+    /// thread needed).
+    pub fn new(groups: Vec<CheckGroup>, map: Arc<HealthMap>) -> Option<Self> {
         let now = Instant::now();
-        for up in &config.upstreams {
-            if let Some(check) = &up.health_check {
-                let targets = up
-                    .backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| Target {
-                        id: first + i,
-                        name: b.name.clone(),
-                        address: b.address,
+        let groups: Vec<GroupChecks> = groups
+            .into_iter()
+            .map(|g| GroupChecks {
+                check: g.check,
+                tls: g.tls,
+                targets: g
+                    .targets
+                    .into_iter()
+                    .map(|(id, name, address)| Target {
+                        id,
+                        name,
+                        address,
                         up: true,
                         successes: 0,
                         failures: 0,
                         next: now,
                     })
-                    .collect();
-                groups.push(GroupChecks {
-                    check: check.clone(),
-                    tls: up.tls.as_ref().and_then(crate::tls::client_config),
-                    targets,
-                });
-            }
-            first += up.backends.len();
-        }
+                    .collect(),
+            })
+            .collect();
         (!groups.is_empty()).then_some(Checker { map, groups })
     }
 
@@ -398,8 +401,8 @@ fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall
 
 /// Starts the checker: runs the first round (blocking, bounded by the
 /// timeouts), then spawns the checker thread. No-op without health checks.
-pub fn start(config: &Config, map: Arc<HealthMap>) -> std::io::Result<()> {
-    let Some(mut checker) = Checker::new(config, map) else {
+pub fn start(groups: Vec<CheckGroup>, map: Arc<HealthMap>) -> std::io::Result<()> {
+    let Some(mut checker) = Checker::new(groups, map) else {
         return Ok(());
     };
     checker.first_round();
@@ -407,72 +410,6 @@ pub fn start(config: &Config, map: Arc<HealthMap>) -> std::io::Result<()> {
         .name("lbd-health".into())
         .spawn(move || checker.run())?;
     Ok(())
-}
-
-/// A worker's own passive marks: backends it saw fail to connect.
-#[derive(Debug)]
-pub struct PassiveMarks {
-    /// Per backend: `Some((generation seen, expiry))` while marked down.
-    marks: Vec<Option<(u64, Instant)>>,
-    /// Whether the backend's group has active checks.
-    checked: Vec<bool>,
-}
-
-/// How long a passive mark lasts for a backend without active checks.
-const UNCHECKED_MARK: Duration = Duration::from_secs(1);
-
-impl PassiveMarks {
-    /// Marks table for every backend in `config`.
-    pub fn new(config: &Config) -> Self {
-        let mut checked = Vec::new();
-        for up in &config.upstreams {
-            checked.extend(std::iter::repeat_n(
-                up.health_check.is_some(),
-                up.backends.len(),
-            ));
-        }
-        PassiveMarks {
-            marks: vec![None; checked.len()],
-            checked,
-        }
-    }
-
-    /// Marks `id` down after a failed connect.
-    pub fn mark(&mut self, id: usize, map: &HealthMap) {
-        if let Some(m) = self.marks.get_mut(id) {
-            *m = Some((map.generation(id), Instant::now() + UNCHECKED_MARK));
-        }
-    }
-
-    /// Clears a mark after a successful connect.
-    pub fn clear(&mut self, id: usize) {
-        if let Some(m) = self.marks.get_mut(id) {
-            *m = None;
-        }
-    }
-
-    /// True if `id` is eligible: up in the map and not passively marked.
-    /// Only reads the clock when a mark exists.
-    pub fn eligible(&mut self, id: usize, map: &HealthMap) -> bool {
-        if !map.is_up(id) {
-            return false;
-        }
-        let Some(slot) = self.marks.get_mut(id) else {
-            return false;
-        };
-        let Some((gen, expiry)) = *slot else {
-            return true;
-        };
-        let lapsed = if self.checked.get(id).copied().unwrap_or(false) {
-            map.generation(id) != gen
-        } else {
-            Instant::now() >= expiry
-        };
-        if lapsed {
-            *slot = None;
-        }
-        lapsed
-    }
 }
 
 #[cfg(test)]
@@ -522,27 +459,6 @@ mod tests {
         assert!(!m.is_up(3), "one success < rise 2");
         apply(&m, &mut t, Ok(()), 2, 3);
         assert!(m.is_up(3));
-    }
-
-    #[test]
-    fn passive_mark_lapses_on_newer_generation() {
-        let mut cfg = crate::config::Config::from_yaml(
-            "listeners: [{address: '127.0.0.1:1'}]\nupstreams:\n  w:\n    backends: ['127.0.0.1:2', '127.0.0.1:3']\n    health_check: {kind: tcp}\n",
-            std::path::Path::new("t"),
-            Some(1),
-        )
-        .expect("config");
-        cfg.threads = 1;
-        let m = HealthMap::new(2);
-        let mut p = PassiveMarks::new(&cfg);
-        assert!(p.eligible(0, &m));
-        p.mark(0, &m);
-        assert!(!p.eligible(0, &m));
-        assert!(p.eligible(1, &m));
-        m.bump_generation(0);
-        assert!(p.eligible(0, &m), "a newer passing check lifts the mark");
-        m.set(1, false);
-        assert!(!p.eligible(1, &m));
     }
 
     #[test]

@@ -87,11 +87,13 @@ impl IdleTimers {
     }
 
     /// Slots in use (idle connections being timed).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.slots.borrow().len() - self.free.borrow().len()
     }
 
     /// True when no connection is being timed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,27 +1,42 @@
 //! lbd: a Linux-tuned, thread-per-core HTTP/1.1 load balancer on io_uring.
 //!
 //! # Layout
+//! A request crosses the modules in this order: a [`worker`] accepts it,
+//! [`downstream`] reads it ([`downstream::h1`]: the HTTP/1 connection loop)
+//! with the sans-I/O [`http`] codec, [`route`] picks its upstream group,
+//! [`proxy`] runs the protocol-neutral exchange, and [`upstream`] picks,
+//! pools and connects backends by stable id.
+//!
 //! * [`cli`]: the command line (Pingora-compatible flags).
 //! * [`config`]: `conf.yaml`, typed and validated; every key documented.
 //! * [`listener`]: builds the SO_REUSEPORT listening sockets, one per worker
 //!   per address, on the main thread.
 //! * [`worker`]: one pinned thread per core, each with its own monoio runtime
-//!   and io_uring ring; accept loops; per-worker state.
-//! * [`session`]: one client connection's request loop (the data path).
-//! * [`http`]: the sans-I/O HTTP/1.1 codec: request and response heads,
-//!   framing, chunked bodies, header rewriting.
+//!   and io_uring ring; accept and unpark loops, background ticks, drain.
+//! * [`shard`]: one worker's state (upstreams, routes, clock, counters, idle
+//!   deadlines, parking lot, access-log buffer), and the little the process
+//!   shares with workers.
+//! * [`downstream`]: the client side: the HTTP/1 connection loop (idle and
+//!   parking, TLS accept, head reading, keep-alive, error responses).
+//! * [`route`]: which upstream group a request goes to.
+//! * [`proxy`]: one exchange, protocol-neutral: request to a backend,
+//!   response back; retries; pooling after an exact end.
+//! * [`upstream`]: the backend registry with stable ids and a worker's view
+//!   of it: selection ([`upstream::select`]), idle connections
+//!   ([`upstream::pool`]), passive marks ([`upstream::marks`]), checkout or
+//!   connect and the retry policy ([`upstream::connect`]).
+//! * [`http`]: the sans-I/O HTTP/1.1 codec: request and response heads, head
+//!   rewriting, body framing, chunked bodies.
 //! * [`tls`]: rustls configs for listeners and upstream groups.
 //! * [`stream`]: a connection as the data path sees it: TCP, or TLS driven
 //!   by lbd over TCP.
-//! * [`upstream`]: backends, the per-worker round-robin cursor
-//!   ([`upstream::select`]) and idle connection pool ([`upstream::pool`]).
 //! * [`buffer`]: the per-worker I/O buffer free list.
 //! * [`idle`]: coarse per-worker deadlines for idle connections.
 //! * [`park`]: idle keep-alive connections parked without a task (epoll set).
-//! * [`error`]: proxy errors: who failed, retry safety, status mapping.
-//! * [`health`]: the checker thread, the shared health bitmap, passive marks.
+//! * [`error`]: proxy errors: who failed, whether a retry is safe, status mapping.
+//! * [`health`]: the checker thread and the shared health bitmap.
 //! * [`signals`]: the signal thread: drain, upgrade, log reopen.
-//! * [`daemon`]: `-d` and the pid file.
+//! * [`daemon`]: `-d`, the pid file, files written atomically.
 //! * [`upgrade`]: the listening-socket hand-over (SCM_RIGHTS).
 //! * [`logging`]: log setup and reopen.
 //! * [`metrics`]: per-worker counters and histograms, `.hgrm` and Prometheus output.
@@ -29,29 +44,33 @@
 //! * [`access_log`]: per-worker buffered access log and its writer thread.
 
 #![deny(rust_2018_idioms)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod access_log;
-pub mod admin;
-pub mod buffer;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod buffer;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod error;
-pub mod health;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod downstream;
+pub(crate) mod error;
+pub(crate) mod health;
 pub mod http;
-pub mod idle;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod park;
-pub mod session;
-pub mod signals;
-pub mod stream;
-pub mod tls;
-pub mod upgrade;
-pub mod upstream;
-pub mod worker;
+pub(crate) mod idle;
+pub(crate) mod listener;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod park;
+pub(crate) mod proxy;
+pub(crate) mod route;
+pub(crate) mod shard;
+pub(crate) mod signals;
+pub(crate) mod stream;
+pub(crate) mod tls;
+pub(crate) mod upgrade;
+pub(crate) mod upstream;
+pub(crate) mod worker;
 
 use std::sync::Arc;
 
@@ -156,8 +175,9 @@ fn start(
             .into();
         handover.push((addr, fd));
     }
-    let backends = config.upstreams.iter().map(|u| u.backends.len()).sum();
-    let shared = Arc::new(worker::Shared::new(backends));
+    let registry = Arc::new(upstream::Registry::from_config(&config));
+    let backends = registry.len();
+    let shared = Arc::new(shard::Shared::new(registry.clone()));
     let admin_listener = match config.admin {
         Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Io {
             what: "cannot listen on admin.address",
@@ -182,7 +202,7 @@ fn start(
     let links = worker_metrics
         .iter()
         .zip(access.drain(..))
-        .map(|(m, a)| worker::WorkerLinks {
+        .map(|(m, a)| shard::WorkerLinks {
             metrics: m.clone(),
             dump_tx: dump_tx.clone(),
             scrape_tx: scrape_tx.clone(),
@@ -191,13 +211,13 @@ fn start(
         .collect();
     drop((dump_tx, scrape_tx));
     // The first round of health checks completes before any worker accepts.
-    health::start(&config, shared.health.clone())
+    health::start(registry.check_groups(&config), shared.health.clone())
         .map_err(io_err("cannot start the health checker"))?;
     let workers = worker::spawn(config.clone(), shared.clone(), socks, links)
         .map_err(io_err("cannot start worker threads"))?;
     if let Some(l) = admin_listener {
         let addr = l.local_addr().map_err(io_err("admin address"))?;
-        admin::spawn(l, config.clone(), shared.clone(), worker_metrics, scrape_rx)
+        admin::spawn(l, shared.clone(), worker_metrics, scrape_rx)
             .map_err(io_err("cannot start the admin thread"))?;
         log::info!("admin endpoint on http://{addr}/metrics");
     }
@@ -232,7 +252,7 @@ fn start(
 /// write `histogram_file` atomically, log a summary.
 fn dump_latency<'a>(
     config: &'a config::Config,
-    shared: &'a worker::Shared,
+    shared: &'a shard::Shared,
     rx: std::sync::mpsc::Receiver<metrics::Reply>,
 ) -> impl Fn() + 'a {
     let since = std::cell::Cell::new(std::time::SystemTime::now());
@@ -254,7 +274,7 @@ fn dump_latency<'a>(
             log::warn!("SIGUSR1: only {got} of {} workers answered", config.threads);
         }
         let path = metrics::histogram_path(config);
-        match metrics::write_atomic(&path, &metrics::hgrm(&h, start, now)) {
+        match daemon::write_atomic(&path, metrics::hgrm(&h, start, now).as_bytes()) {
             Ok(()) => log::info!(
                 "SIGUSR1: latency since last dump written to {}: {}",
                 path.display(),

@@ -19,7 +19,7 @@
 //! text format and the Prometheus text exposition.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -299,14 +299,6 @@ pub fn summary(h: &Histogram<u64>) -> String {
     )
 }
 
-/// Writes `text` to `path` atomically (temp file in the same directory, then
-/// rename).
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Where SIGUSR1 dumps go: `histogram_file`, else `lbd-latency.hgrm` beside
 /// `error_log`, else in the working directory.
 pub fn histogram_path(config: &Config) -> PathBuf {
@@ -320,10 +312,13 @@ pub fn histogram_path(config: &Config) -> PathBuf {
     }
 }
 
+/// A backend's labels: (id index, group name, backend name).
+pub(crate) type BackendLabels<'a> = (usize, &'a str, &'a str);
+
 /// Everything a scrape reads.
-pub struct Scrape<'a> {
-    /// The config (names of groups and backends).
-    pub config: &'a Config,
+pub(crate) struct Scrape<'a> {
+    /// Every backend, by id, with its labels.
+    pub(crate) backends: &'a [BackendLabels<'a>],
     /// Every worker's counters.
     pub workers: &'a [std::sync::Arc<WorkerMetrics>],
     /// Health bits and check failure counts.
@@ -418,21 +413,11 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
             |b| b.new_connections.get(),
         ),
     ];
-    let backends: Vec<(usize, &str, &str)> = {
-        let mut v = Vec::new();
-        let mut id = 0;
-        for up in &s.config.upstreams {
-            for b in &up.backends {
-                v.push((id, up.name.as_str(), b.name.as_str()));
-                id += 1;
-            }
-        }
-        v
-    };
+    let backends = s.backends;
     for (name, kind, help, get) in families {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} {kind}");
-        for &(id, group, backend) in &backends {
+        for &(id, group, backend) in backends {
             let _ = writeln!(
                 o,
                 "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
@@ -447,7 +432,7 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         "# HELP lbd_backend_up 1 if the backend is eligible per health checks."
     );
     let _ = writeln!(o, "# TYPE lbd_backend_up gauge");
-    for &(id, group, backend) in &backends {
+    for &(id, group, backend) in backends {
         let _ = writeln!(
             o,
             "lbd_backend_up{{upstream=\"{}\",backend=\"{}\"}} {}",
@@ -461,7 +446,7 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         "# HELP lbd_health_check_failures_total Failed active health checks."
     );
     let _ = writeln!(o, "# TYPE lbd_health_check_failures_total counter");
-    for &(id, group, backend) in &backends {
+    for &(id, group, backend) in backends {
         let _ = writeln!(
             o,
             "lbd_health_check_failures_total{{upstream=\"{}\",backend=\"{}\"}} {}",

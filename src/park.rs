@@ -18,6 +18,9 @@
 //! idle period that is at least `PARK_AFTER` long, never per request on busy
 //! connections.
 
+// The one syscall wrapper here that needs `unsafe` has its SAFETY comment.
+#![allow(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
@@ -41,8 +44,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Index of the listener that accepted it.
     pub listener: usize,
-    /// The upstream group that listener serves.
-    pub group: usize,
     /// Requests served on it so far.
     pub served: u64,
 }
@@ -218,7 +219,6 @@ mod tests {
         ConnInfo {
             peer: "127.0.0.1:1".parse().expect("addr"),
             listener: 0,
-            group: 0,
             served: 3,
         }
     }

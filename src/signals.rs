@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::config::Config;
-use crate::worker::Shared;
+use crate::shard::Shared;
 
 /// Blocks the signals lbd handles in the calling thread (and so in every
 /// thread it spawns afterwards).

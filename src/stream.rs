@@ -224,11 +224,6 @@ impl Stream {
         }
     }
 
-    /// True for TLS connections.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-
     /// Resolves when a read would find data (or EOF), without taking a
     /// buffer; at once if decrypted bytes are already waiting.
     pub async fn readable(&mut self) -> io::Result<()> {

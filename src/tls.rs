@@ -143,8 +143,6 @@ pub struct ListenerTls {
     pub key_file: PathBuf,
     /// More certificates by SNI.
     pub sni: Vec<SniCert>,
-    /// Handshake must complete within this.
-    pub handshake_timeout: std::time::Duration,
 }
 
 /// An upstream group's `tls:` block.

@@ -20,6 +20,9 @@
 //! acknowledgement does the old process stop accepting and drain; without it
 //! the old process logs an error and keeps serving.
 
+// The one syscall wrapper here that needs `unsafe` has its SAFETY comment.
+#![allow(unsafe_code)]
+
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1022,16 +1022,9 @@ fn request_pipelined_after_a_bad_one_is_not_forwarded() {
 
 mod codec {
     use lbd::http::chunked::ChunkedDecoder;
-    use lbd::http::request::{parse_request, Forwarding, HeadLimits, Parsed};
-    use lbd::http::response::{parse_response, RequestContext};
-
-    fn fwd() -> Forwarding<'static> {
-        Forwarding {
-            client_ip: "192.0.2.7".parse().unwrap(),
-            default_host: b"backend:80",
-            host_override: None,
-        }
-    }
+    use lbd::http::request::{parse_request, HeadLimits, Parsed};
+    use lbd::http::response::parse_response;
+    use lbd::http::rewrite::{write_client_head, ClientContext};
 
     const LIMITS: HeadLimits = HeadLimits {
         max_head_bytes: 32 * 1024,
@@ -1048,24 +1041,17 @@ mod codec {
         ];
         for h in heads {
             for k in 0..h.len() {
-                let mut out = Vec::new();
                 assert_eq!(
-                    parse_request(&h[..k], LIMITS, fwd(), &mut out),
+                    parse_request(&h[..k], LIMITS, |v| v.head),
                     Ok(Parsed::Partial),
                     "{:?} cut at {k}",
                     String::from_utf8_lossy(h)
                 );
             }
         }
-        let ctx = RequestContext {
-            is_head: false,
-            http10: false,
-            close_client: false,
-        };
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         for k in 0..r.len() {
-            let mut out = Vec::new();
-            assert_eq!(parse_response(&r[..k], ctx, &mut out), Ok(Parsed::Partial));
+            assert_eq!(parse_response(&r[..k], false, |_| ()), Ok(Parsed::Partial));
         }
     }
 
@@ -1083,16 +1069,16 @@ mod codec {
             r.extend_from_slice(format!("X-H{i}: v\n").as_bytes());
         }
         r.extend_from_slice(b"\r\n");
-        let ctx = RequestContext {
-            is_head: false,
+        let ctx = ClientContext {
             http10: true,
             close_client: false,
         };
         let mut out = Vec::new();
-        let Ok(Parsed::Complete(h)) = parse_response(&r, ctx, &mut out) else {
+        let parsed = parse_response(&r, false, |v| write_client_head(v, ctx, &mut out));
+        let Ok(Parsed::Complete((_, client))) = parsed else {
             panic!("head at the header limit refused");
         };
-        assert!(h.close_client);
+        assert!(client.close_client);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(out.matches("\r\nX-H").count(), MAX_RESPONSE_HEADERS);
         assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");

@@ -4,17 +4,19 @@
 //! A stream of pipelined requests is generated (varying methods, targets,
 //! headers, CRLF or bare-LF head lines, no body, Content-Length bodies or
 //! chunked bodies with random chunk sizes, extensions and trailers). It is fed
-//! to `parse_request` + `ChunkedDecoder` the way the session does (re-parse
-//! the buffered head bytes after each read, then frame the body with what has
-//! arrived) once all at once, once cut at random points and once a byte at a
-//! time. Every feeding must give the same heads, the same upstream head bytes,
+//! to lbd's own `parse_request` + `write_upstream_head` and `Body` framing,
+//! the way lbd's HTTP/1 loop does (re-parse the buffered head bytes after each
+//! read, then frame the body with what has arrived): once all at once, once
+//! cut at random points and once a byte at a time. Every feeding must give the same heads, the same upstream head bytes,
 //! the same body bytes and the same end offset of each message, and those must
 //! match what was generated.
 
 use std::net::IpAddr;
 
-use lbd::http::chunked::ChunkedDecoder;
-use lbd::http::request::{parse_request, Forwarding, HeadLimits, Parsed, RequestHead};
+use lbd::http::body::Body;
+use lbd::http::chunked::MAX_CHUNK_EXT_LEN;
+use lbd::http::request::{parse_request, HeadLimits, Parsed, RequestHead};
+use lbd::http::rewrite::{write_upstream_head, Forwarding};
 use lbd::http::Framing;
 use proptest::prelude::*;
 
@@ -52,12 +54,32 @@ fn fwd() -> Forwarding<'static> {
 
 enum State {
     Head,
-    Length(u64, Message),
-    Chunked(ChunkedDecoder, Message),
+    /// Inside a body, framed by lbd's own [`Body`].
+    Body(Body, Message),
+}
+
+/// Parses the head at the start of `avail` the way lbd's HTTP/1 loop does
+/// (parse, then write the upstream head). `Ok(None)`: need more bytes.
+fn parse_head(avail: &[u8], pos: usize) -> Result<Option<Message>, String> {
+    let mut out = Vec::new();
+    match parse_request(avail, LIMITS, |v| {
+        write_upstream_head(v, &fwd(), &mut out);
+        v.head
+    }) {
+        Ok(Parsed::Partial) => Ok(None),
+        Ok(Parsed::Complete(head)) => Ok(Some(Message {
+            head,
+            upstream_head: out,
+            body: Vec::new(),
+            end: pos + head.head_len,
+        })),
+        Err(e) => Err(format!("request at offset {pos} rejected with {e:?}")),
+    }
 }
 
 /// Feeds `stream` in reads ending at each of `cuts` (sorted, the last being
-/// the stream length), exactly as a proxy would.
+/// the stream length), exactly as a proxy would: heads re-parsed from the
+/// buffered bytes after each read, bodies framed with what has arrived.
 fn drive(stream: &[u8], cuts: &[usize]) -> Result<Vec<Message>, String> {
     let mut msgs = Vec::new();
     let mut state = State::Head;
@@ -66,81 +88,51 @@ fn drive(stream: &[u8], cuts: &[usize]) -> Result<Vec<Message>, String> {
         loop {
             let avail = &stream[pos..received];
             state = match state {
-                State::Head => {
-                    if avail.is_empty() {
+                State::Head if avail.is_empty() => {
+                    state = State::Head;
+                    break;
+                }
+                State::Head => match parse_head(avail, pos)? {
+                    None => {
                         state = State::Head;
                         break;
                     }
-                    let mut out = Vec::new();
-                    match parse_request(avail, LIMITS, fwd(), &mut out) {
-                        Ok(Parsed::Partial) => {
-                            state = State::Head;
-                            break;
-                        }
-                        Ok(Parsed::Complete(head)) => {
-                            pos += head.head_len;
-                            let m = Message {
-                                head,
-                                upstream_head: out,
-                                body: Vec::new(),
-                                end: pos,
-                            };
-                            match head.framing {
-                                Framing::Length(n) => State::Length(n, m),
-                                Framing::Chunked => State::Chunked(ChunkedDecoder::new(), m),
-                                Framing::None | Framing::UntilClose => {
-                                    msgs.push(m);
-                                    State::Head
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            return Err(format!(
-                                "request at offset {pos} rejected with {e:?} after {received} bytes"
-                            ))
+                    Some(m) => {
+                        pos = m.end;
+                        let body = Body::new(m.head.framing, MAX_CHUNK_EXT_LEN);
+                        if body.is_done() {
+                            msgs.push(m);
+                            State::Head
+                        } else {
+                            State::Body(body, m)
                         }
                     }
+                },
+                State::Body(body, m) if avail.is_empty() => {
+                    state = State::Body(body, m);
+                    break;
                 }
-                State::Length(rem, mut m) => {
-                    let take = (rem as usize).min(avail.len());
-                    m.body.extend_from_slice(&avail[..take]);
-                    pos += take;
-                    let rem = rem - take as u64;
-                    if rem == 0 {
+                State::Body(mut body, mut m) => {
+                    // De-chunked in place, as lbd does for HTTP/1.0 clients,
+                    // to compare the data itself.
+                    let mut scratch = avail.to_vec();
+                    let (out, used) = body
+                        .frame(&mut scratch, true)
+                        .map_err(|e| format!("body at offset {pos}: {e:?}"))?;
+                    if used > avail.len() || out > used {
+                        return Err("framing beyond input".into());
+                    }
+                    m.body.extend_from_slice(&scratch[..out]);
+                    pos += used;
+                    if body.is_done() {
                         m.end = pos;
                         msgs.push(m);
                         State::Head
+                    } else if used < avail.len() {
+                        return Err(format!("body framing stuck at offset {pos}"));
                     } else {
-                        state = State::Length(rem, m);
+                        state = State::Body(body, m);
                         break;
-                    }
-                }
-                State::Chunked(mut dec, mut m) => {
-                    if avail.is_empty() {
-                        state = State::Chunked(dec, m);
-                        break;
-                    }
-                    let step = dec
-                        .step(avail)
-                        .map_err(|e| format!("chunked body at offset {pos}: {e:?}"))?;
-                    if step.consumed > avail.len() {
-                        return Err("consumed beyond input".into());
-                    }
-                    if let Some(r) = step.data {
-                        if r.end > step.consumed {
-                            return Err("data range beyond consumed".into());
-                        }
-                        m.body.extend_from_slice(&avail[r]);
-                    }
-                    pos += step.consumed;
-                    if dec.is_done() {
-                        m.end = pos;
-                        msgs.push(m);
-                        State::Head
-                    } else if step.consumed == 0 {
-                        return Err(format!("chunked decoder stuck at offset {pos}"));
-                    } else {
-                        State::Chunked(dec, m)
                     }
                 }
             };

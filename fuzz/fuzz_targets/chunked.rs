@@ -1,4 +1,4 @@
-//! Fuzz the chunked decoder.
+//! Fuzz the chunked decoder and lbd's body framing over it.
 //!
 //! Invariants: `consumed` never exceeds the input; a data range lies inside
 //! the consumed bytes; a step on non-empty input before the end makes
@@ -7,7 +7,9 @@
 //! and the same done/error outcome.
 #![no_main]
 
-use lbd::http::chunked::{ChunkError, ChunkedDecoder};
+use lbd::http::body::Body;
+use lbd::http::chunked::{ChunkError, ChunkedDecoder, MAX_CHUNK_EXT_LEN};
+use lbd::http::Framing;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +81,48 @@ fn decode(parts: &[&[u8]]) -> Outcome {
     o
 }
 
+/// The same parts through lbd's body framing ([`Body`]), as the proxy feeds
+/// it: verbatim (what is forwarded must be exactly what was consumed) and
+/// de-chunked (the data must match the decoder's).
+fn frame(parts: &[&[u8]]) -> Outcome {
+    let mut verbatim = Body::new(Framing::Chunked, MAX_CHUNK_EXT_LEN);
+    let mut dechunk = Body::new(Framing::Chunked, MAX_CHUNK_EXT_LEN);
+    let mut o = Outcome {
+        data: Vec::new(),
+        consumed: 0,
+        done: false,
+        err: None,
+    };
+    for part in parts {
+        let mut a = part.to_vec();
+        let mut b = part.to_vec();
+        match (verbatim.frame(&mut a, false), dechunk.frame(&mut b, true)) {
+            (Ok((fwd, used)), Ok((out, used2))) => {
+                assert_eq!(fwd, used, "verbatim framing forwards what it consumes");
+                assert_eq!(used, used2, "both framings consume alike");
+                assert!(used <= part.len() && out <= used);
+                assert_eq!(&a[..fwd], &part[..fwd], "verbatim bytes altered");
+                o.data.extend_from_slice(&b[..out]);
+                o.consumed += used;
+            }
+            (Err(e), Err(e2)) => {
+                assert_eq!(e, e2);
+                o.err = Some(e);
+                break;
+            }
+            (x, y) => panic!("framings disagree: {x:?} vs {y:?}"),
+        }
+        if verbatim.is_done() {
+            break;
+        }
+    }
+    o.done = verbatim.is_done();
+    if o.err.is_some() {
+        o.consumed = 0;
+    }
+    o
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -97,6 +141,22 @@ fuzz_target!(|data: &[u8]| {
 
     let halves = decode(&[&body[..split], &body[split..]]);
     assert_eq!(whole, halves, "split at {split} differs");
+    // On an error only the error is comparable: the data a part yielded
+    // before its failing step is not forwarded by `Body`.
+    let same = |a: &Outcome, b: &Outcome| match a.err {
+        Some(e) => b.err == Some(e),
+        None => a == b,
+    };
+    let framed = frame(&[body]);
+    assert!(
+        same(&whole, &framed),
+        "Body framing differs: {whole:?} vs {framed:?}"
+    );
+    let framed = frame(&[&body[..split], &body[split..]]);
+    assert!(
+        same(&whole, &framed),
+        "Body framing split at {split} differs"
+    );
 
     if body.len() <= 4096 {
         let bytes: Vec<&[u8]> = body.chunks(1).collect();

@@ -11,7 +11,8 @@
 //! * `Partial`: the input is shorter than `max_head_bytes`.
 #![no_main]
 
-use lbd::http::request::{parse_request, Forwarding, HeadLimits, Parsed};
+use lbd::http::request::{parse_request, HeadLimits, Parsed, RequestError, RequestHead};
+use lbd::http::rewrite::{write_upstream_head, Forwarding};
 use libfuzzer_sys::fuzz_target;
 
 fn fwd() -> Forwarding<'static> {
@@ -20,6 +21,19 @@ fn fwd() -> Forwarding<'static> {
         default_host: b"backend:80",
         host_override: None,
     }
+}
+
+/// Parses as lbd's HTTP/1 loop does: the head, then the upstream head
+/// written from its view (appended to `out`).
+fn parse(
+    buf: &[u8],
+    limits: HeadLimits,
+    out: &mut Vec<u8>,
+) -> Result<Parsed<RequestHead>, RequestError> {
+    parse_request(buf, limits, |v| {
+        write_upstream_head(v, &fwd(), out);
+        v.head
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -42,13 +56,13 @@ fuzz_target!(|data: &[u8]| {
         None => return,
     };
     let mut out = Vec::new();
-    let res = parse_request(buf, limits, fwd(), &mut out);
+    let res = parse(buf, limits, &mut out);
     match res {
         Ok(Parsed::Complete(h)) => {
             assert!(h.head_len <= buf.len(), "head_len beyond input");
             assert!(h.head_len <= limits.max_head_bytes, "head over the limit");
             let mut out2 = Vec::new();
-            let again = parse_request(&buf[..h.head_len], limits, fwd(), &mut out2);
+            let again = parse(&buf[..h.head_len], limits, &mut out2);
             assert_eq!(
                 again,
                 Ok(Parsed::Complete(h)),
@@ -57,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out, out2, "trailing bytes changed the upstream head");
             for k in 0..h.head_len {
                 let mut o = Vec::new();
-                let p = parse_request(&buf[..k], limits, fwd(), &mut o);
+                let p = parse(&buf[..k], limits, &mut o);
                 assert_eq!(p, Ok(Parsed::Partial), "prefix {k} of a valid head: {p:?}");
             }
             // The upstream head is itself a valid, complete request head.
@@ -66,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
                 max_headers: 512,
             };
             let mut out3 = Vec::new();
-            match parse_request(&out, big, fwd(), &mut out3) {
+            match parse(&out, big, &mut out3) {
                 Ok(Parsed::Complete(h2)) => {
                     assert_eq!(h2.head_len, out.len(), "upstream head length");
                     assert_eq!(h2.framing, h.framing, "upstream head framing");

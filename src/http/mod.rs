@@ -2,16 +2,18 @@
 //!
 //! Nothing here touches a socket or a runtime, so every rule is unit-tested and
 //! fuzzable on its own. [`request`] parses a client's request head (httparse
-//! for the syntax, then RFC 9112 framing rules, strictly) and writes the head
-//! lbd sends upstream; [`response`] does the same for an upstream's response
-//! head and the head the client gets; [`chunked`] finds the end of chunked
-//! bodies. Heads are rewritten in one pass into a caller-provided buffer: no
-//! allocation per request. Hop-by-hop headers (RFC 9110 §7.6.1) are dropped
-//! both ways and framing headers are re-emitted by lbd itself.
+//! for the syntax, then RFC 9112 framing rules, strictly) into a neutral view;
+//! [`response`] does the same for an upstream's response head; [`rewrite`]
+//! writes the head lbd sends upstream and the head an HTTP/1 client gets;
+//! [`body`] frames message bodies and [`chunked`] decodes chunked ones. Heads
+//! are rewritten in one pass into a caller-provided buffer: no allocation per
+//! request.
 
+pub mod body;
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod rewrite;
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(trim_ows)
 }
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
@@ -138,18 +140,29 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a complete short response lbd generates itself (errors, 100).
-pub fn write_simple_response(out: &mut Vec<u8>, status: u16, reason: &str, close: bool) {
+/// Writes the head of a response lbd generates itself: status line (with
+/// [`reason_phrase`]), `Content-Type`, `Content-Length` and, with `close`,
+/// `Connection: close`.
+pub fn write_head(out: &mut Vec<u8>, status: u16, content_type: &str, len: u64, close: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-    push_u64(out, reason.len() as u64 + 1);
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_u64(out, len);
     if close {
         out.extend_from_slice(b"\r\nConnection: close");
     }
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Writes a complete short response lbd generates itself (errors): its
+/// reason phrase is the body.
+pub fn write_simple_response(out: &mut Vec<u8>, status: u16, close: bool) {
+    let reason = reason_phrase(status);
+    write_head(out, status, "text/plain", reason.len() as u64 + 1, close);
     out.extend_from_slice(reason.as_bytes());
     out.push(b'\n');
 }
@@ -157,7 +170,9 @@ pub fn write_simple_response(out: &mut Vec<u8>, status: u16, reason: &str, close
 /// The reason phrase lbd uses for a status it generates.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
+        404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",

@@ -1,19 +1,17 @@
-//! Request heads: parse strictly, decide framing, write the upstream head.
+//! Request heads: parse strictly, decide framing, hand a neutral view on.
 //!
 //! [`parse_request`] takes the bytes buffered from a client. It either asks for
 //! more, rejects the request with the status the client must get (nothing of a
-//! rejected request ever reaches a backend), or returns a [`RequestHead`]
-//! describing the request and writes the head to send upstream into `out`:
-//! HTTP/1.1, hop-by-hop headers removed, framing re-emitted by lbd,
-//! `X-Forwarded-For` appended, absolute-form targets turned into origin-form.
+//! rejected request ever reaches a backend), or hands a [`RequestView`] to the
+//! caller's closure: the protocol-neutral decisions ([`RequestHead`]) plus the
+//! method, the origin-form path, the authority and the headers, borrowed from
+//! the input. The view lives only inside the closure (the header array is on
+//! this function's stack), which is where the caller routes the request and
+//! writes the upstream head ([`super::rewrite`]): no allocation per request.
 
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
 
-use super::{
-    is_hop_by_hop, list_elements, named_by_connection, parse_content_length, push_header,
-    transfer_coding, Framing, TransferCoding,
-};
+use super::{list_elements, parse_content_length, transfer_coding, Framing, TransferCoding};
 use crate::config::MAX_HEADERS_CEILING;
 
 /// Why a request is rejected; each maps to the status the client gets.
@@ -80,15 +78,32 @@ pub struct HeadLimits {
     pub max_headers: usize,
 }
 
-/// Context for the upstream head.
+/// A parsed request head, borrowed from the input: what routing and the
+/// upstream head need. HTTP/2 streams build the same view from their decoded
+/// headers.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarding<'a> {
-    /// The client's address, appended to `X-Forwarded-For`.
-    pub client_ip: IpAddr,
-    /// Host to send when the client sent none (HTTP/1.0).
-    pub default_host: &'a [u8],
-    /// Host to send instead of the client's (the group's `host`).
-    pub host_override: Option<&'a [u8]>,
+pub struct RequestView<'a> {
+    /// The neutral decisions.
+    pub head: RequestHead,
+    /// The method.
+    pub method: &'a [u8],
+    /// The path (and query) to forward: origin-form, or `*`.
+    pub path: &'a [u8],
+    /// The authority of an absolute-form target (it replaces Host).
+    pub authority: Option<&'a [u8]>,
+    /// The `Host` header.
+    pub host: Option<&'a [u8]>,
+    /// Every header line as received.
+    pub headers: &'a [httparse::Header<'a>],
+    /// The `Content-Length` value, if one was sent.
+    pub content_length: Option<u64>,
+}
+
+impl RequestView<'_> {
+    /// The host the request names: the absolute-form authority, else Host.
+    pub fn target_host(&self) -> Option<&[u8]> {
+        self.authority.or(self.host)
+    }
 }
 
 /// Result of feeding buffered bytes to the parser.
@@ -100,14 +115,13 @@ pub enum Parsed<T> {
     Partial,
 }
 
-/// Parses the request head at the start of `buf`; on success writes the
-/// upstream head into `out` (appending).
-pub fn parse_request(
+/// Parses the request head at the start of `buf`; a complete head is handed
+/// to `f` as a [`RequestView`], and `f`'s result returned.
+pub fn parse_request<R>(
     buf: &[u8],
     limits: HeadLimits,
-    fwd: Forwarding<'_>,
-    out: &mut Vec<u8>,
-) -> Result<Parsed<RequestHead>, RequestError> {
+    f: impl FnOnce(&RequestView<'_>) -> R,
+) -> Result<Parsed<R>, RequestError> {
     let mut storage =
         [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
     let max_headers = limits.max_headers.min(MAX_HEADERS_CEILING);
@@ -222,62 +236,8 @@ pub fn parse_request(
         return Err(RequestError::Bad("missing Host"));
     }
 
-    // Write the upstream head.
-    out.extend_from_slice(method);
-    out.push(b' ');
-    out.extend_from_slice(path);
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host_out = fwd
-        .host_override
-        .or(authority)
-        .or(host)
-        .unwrap_or(fwd.default_host);
-    push_header(out, b"Host", host_out);
-    let mut xff_written = false;
-    for h in headers {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            // Merge every XFF line into one, then append the client address;
-            // emitted once, after Connection-named stripping is decided below.
-            if !xff_written && !named_by_connection(headers, name) {
-                xff_written = true;
-                write_xff(out, headers, fwd.client_ip);
-            }
-            continue;
-        }
-        if named_by_connection(headers, name) {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
-    if !xff_written {
-        write_xff(out, &[], fwd.client_ip);
-    }
-    match framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            super::push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::UntilClose => {
-            // A body-less request that announced `Content-Length: 0` keeps it:
-            // some origins require a length on POST.
-            if content_length == Some(0) {
-                out.extend_from_slice(b"Content-Length: 0\r\n");
-            }
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-
     let is_head = method == b"HEAD";
-    Ok(Parsed::Complete(RequestHead {
+    let head = RequestHead {
         head_len,
         framing,
         is_head,
@@ -288,38 +248,16 @@ pub fn parse_request(
         keep_alive: !http10 && !close,
         http10,
         expect_continue: expect_continue && framing != Framing::None,
-    }))
-}
-
-fn write_xff(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], client: IpAddr) {
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-    {
-        let v = super::trim_ows(h.value);
-        if !v.is_empty() {
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
-        }
-    }
-    match client {
-        // The common case without the formatting machinery (it showed in
-        // the profile).
-        IpAddr::V4(a) => {
-            for (i, o) in a.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                super::push_u64(out, u64::from(*o));
-            }
-        }
-        IpAddr::V6(a) => {
-            use std::io::Write;
-            let _ = write!(out, "{a}");
-        }
-    }
-    out.extend_from_slice(b"\r\n");
+    };
+    Ok(Parsed::Complete(f(&RequestView {
+        head,
+        method,
+        path,
+        authority,
+        host,
+        headers,
+        content_length,
+    })))
 }
 
 /// Splits a request target into (path to forward, authority if absolute-form).
@@ -408,6 +346,7 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rewrite::{write_upstream_head, Forwarding};
     use super::*;
 
     const LIMITS: HeadLimits = HeadLimits {
@@ -425,7 +364,11 @@ mod tests {
 
     fn parse(input: &[u8]) -> Result<(RequestHead, String), RequestError> {
         let mut out = Vec::new();
-        match parse_request(input, LIMITS, fwd(), &mut out)? {
+        let parsed = parse_request(input, LIMITS, |v| {
+            write_upstream_head(v, &fwd(), &mut out);
+            v.head
+        })?;
+        match parsed {
             Parsed::Complete(h) => Ok((h, String::from_utf8(out).unwrap())),
             Parsed::Partial => panic!("partial"),
         }
@@ -450,9 +393,8 @@ mod tests {
     fn partial_until_complete() {
         let full = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         for i in 0..full.len() - 5 {
-            let mut out = Vec::new();
             assert_eq!(
-                parse_request(&full[..i], LIMITS, fwd(), &mut out).unwrap(),
+                parse_request(&full[..i], LIMITS, |v| v.head).unwrap(),
                 Parsed::Partial,
                 "{i}"
             );
@@ -506,29 +448,14 @@ mod tests {
             host_override: Some(b"one.one.one.one"),
             ..fwd()
         };
-        let r = parse_request(
-            b"GET / HTTP/1.1\r\nHost: lb.local\r\n\r\n",
-            LIMITS,
-            f,
-            &mut out,
-        );
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: lb.local\r\n\r\n", LIMITS, |v| {
+            write_upstream_head(v, &f, &mut out)
+        });
         assert!(matches!(r, Ok(Parsed::Complete(_))));
         let out = String::from_utf8(out).unwrap();
         assert!(
             out.contains("Host: one.one.one.one\r\n") && !out.contains("lb.local"),
             "{out}"
-        );
-    }
-
-    #[test]
-    fn xff_formats_v4_and_v6() {
-        let mut out = Vec::new();
-        write_xff(&mut out, &[], "192.0.2.255".parse().unwrap());
-        write_xff(&mut out, &[], "0.0.0.0".parse().unwrap());
-        write_xff(&mut out, &[], "2001:db8::1".parse().unwrap());
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "X-Forwarded-For: 192.0.2.255\r\nX-Forwarded-For: 0.0.0.0\r\nX-Forwarded-For: 2001:db8::1\r\n"
         );
     }
 
@@ -630,9 +557,8 @@ mod tests {
     fn limits() {
         let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nA: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 40 * 1024));
-        let mut out = Vec::new();
         assert_eq!(
-            parse_request(&big, LIMITS, fwd(), &mut out),
+            parse_request(&big, LIMITS, |v| v.head),
             Err(RequestError::HeadTooLarge)
         );
         let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();

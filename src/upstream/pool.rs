@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
+use super::BackendId;
 use crate::stream::Stream;
 
 struct Idle {
@@ -22,8 +23,8 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections of one worker, indexed by global backend id.
-pub struct Pool {
+/// Idle connections of one worker, indexed by backend id.
+pub(crate) struct Pool {
     idle: Vec<Vec<Idle>>,
     cap: usize,
     idle_timeout: Duration,
@@ -31,7 +32,7 @@ pub struct Pool {
 
 impl Pool {
     /// A pool for `backends` backends.
-    pub fn new(backends: usize, cap: usize, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(backends: usize, cap: usize, idle_timeout: Duration) -> Self {
         Pool {
             idle: (0..backends).map(|_| Vec::new()).collect(),
             cap,
@@ -41,8 +42,8 @@ impl Pool {
 
     /// Takes the most recently used live connection to `backend`, if any.
     /// `now` may be the worker's coarse clock: idle timeouts are coarse.
-    pub fn checkout(&mut self, backend: usize, now: Instant) -> Option<Stream> {
-        let stack = self.idle.get_mut(backend)?;
+    pub(crate) fn checkout(&mut self, backend: BackendId, now: Instant) -> Option<Stream> {
+        let stack = self.idle.get_mut(backend.index())?;
         while let Some(c) = stack.pop() {
             if now.duration_since(c.since) >= self.idle_timeout {
                 continue;
@@ -55,8 +56,8 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange completed cleanly.
-    pub fn checkin(&mut self, backend: usize, stream: Stream, now: Instant) {
-        if let Some(stack) = self.idle.get_mut(backend) {
+    pub(crate) fn checkin(&mut self, backend: BackendId, stream: Stream, now: Instant) {
+        if let Some(stack) = self.idle.get_mut(backend.index()) {
             if stack.len() < self.cap {
                 stack.push(Idle { stream, since: now });
             }
@@ -64,7 +65,7 @@ impl Pool {
     }
 
     /// Closes every connection idle for longer than the idle timeout.
-    pub fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         let now = Instant::now();
         let timeout = self.idle_timeout;
         for stack in &mut self.idle {
@@ -78,15 +79,10 @@ impl Pool {
     }
 
     /// Closes every idle connection (drain).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         for stack in &mut self.idle {
             stack.clear();
         }
-    }
-
-    /// Idle connections currently held for `backend`.
-    pub fn idle_count(&self, backend: usize) -> usize {
-        self.idle.get(backend).map_or(0, Vec::len)
     }
 }
 

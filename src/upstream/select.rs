@@ -11,32 +11,22 @@
 
 /// Per-worker cursor over one upstream group.
 #[derive(Debug, Clone)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     weights: Vec<i64>,
     current: Vec<i64>,
 }
 
 impl RoundRobin {
     /// A cursor over backends with these weights (each ≥ 1).
-    pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
+    pub(crate) fn new(weights: impl IntoIterator<Item = u32>) -> Self {
         let weights: Vec<i64> = weights.into_iter().map(i64::from).collect();
         let current = vec![0; weights.len()];
         RoundRobin { weights, current }
     }
 
-    /// Number of backends.
-    pub fn len(&self) -> usize {
-        self.weights.len()
-    }
-
-    /// True when the group has no backends.
-    pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
-    }
-
     /// Picks the next backend among those for which `eligible(i)` holds.
     /// Returns `None` when none is eligible.
-    pub fn next(&mut self, mut eligible: impl FnMut(usize) -> bool) -> Option<usize> {
+    pub(crate) fn next(&mut self, mut eligible: impl FnMut(usize) -> bool) -> Option<usize> {
         // Fast path: a single backend needs no bookkeeping.
         if self.weights.len() == 1 {
             return eligible(0).then_some(0);

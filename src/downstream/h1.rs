@@ -1,0 +1,482 @@
+//! One HTTP/1 client connection: its request loop, from bytes on the socket
+//! to a response written back.
+//!
+//! The loop waits for the client to become readable *before* taking a buffer
+//! (an idle keep-alive connection holds none, and after [`PARK_AFTER`] it
+//! leaves its task for the worker's parking lot), reads and parses the
+//! request head with the sans-I/O codec, routes it, writes the upstream head,
+//! and hands the exchange to [`crate::proxy::forward`], implementing
+//! [`Downstream`] for it: the body bytes that came with the head, the rest of
+//! the body per its framing, `100 Continue`, and the HTTP/1 response head.
+//! Every read and write has a deadline. Errors map to one status via
+//! [`ProxyError::status`]; once response bytes reached the client, an error
+//! can only close the connection.
+
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use super::{End, DRAIN_IDLE_WINDOW};
+use crate::buffer::{self, InBuf};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http;
+use crate::http::body::Body;
+use crate::http::request::{parse_request, HeadLimits, Parsed, RequestHead};
+use crate::http::response::ResponseView;
+use crate::http::rewrite::{
+    write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding,
+};
+use crate::park::{ConnInfo, PARK_AFTER};
+use crate::proxy::{self, Downstream, Failure, Request};
+use crate::shard::{Finished, Shard};
+use crate::stream::Stream;
+
+/// Serves one client connection until it closes, errs, times out or parks.
+/// `info.served` is 0 for a new connection, or the count of a connection
+/// coming back from the parking lot.
+pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, info: ConnInfo) -> End {
+    let limits = &shard.config.limits;
+    // A parked connection is plain TCP (TLS ones never park).
+    let tls = if info.served == 0 {
+        shard.listener_tls(info.listener)
+    } else {
+        None
+    };
+    let mut client = match tls {
+        None => Stream::plain(tcp),
+        // Boxed: the handshake's state is only needed until it completes, so
+        // it must not widen every connection's future.
+        Some((config, limit)) => match Box::pin(Stream::accept_tls(tcp, config, limit)).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("{}: TLS handshake failed: {e}", info.peer);
+                return End::Closed;
+            }
+        },
+    };
+    let mut conn = Conn {
+        info,
+        // The first request's head must be complete within `header_timeout`
+        // of the connection being accepted (idle wait included); later
+        // requests' heads within `header_timeout` of their first byte.
+        first_deadline: Instant::now() + limits.header_timeout,
+    };
+    let mut cbuf: Option<InBuf> = None;
+    // A connection back from the parking lot is readable already: no wait.
+    let mut resumed = info.served > 0;
+    loop {
+        if !std::mem::take(&mut resumed) && cbuf.as_ref().is_none_or(InBuf::is_empty) {
+            if let Some(b) = cbuf.take() {
+                b.release();
+            }
+            match wait_idle(&shard, &mut client, &conn.info).await {
+                Idle::Readable => {}
+                Idle::Closed => return End::Closed,
+                Idle::Parked => return End::Parked,
+            }
+        }
+        // After the idle wait: bytes are there, take a buffer for them.
+        let mut cb = cbuf.take().unwrap_or_default();
+        // The exchange's state (a few KiB of futures) lives in its own
+        // allocation only while a request is in progress, so an idle
+        // keep-alive connection costs a few hundred bytes, not kilobytes.
+        let keep = match Box::pin(exchange(&shard, &mut client, &mut conn, &mut cb)).await {
+            Ok(keep) => keep,
+            Err(()) => {
+                cb.release();
+                return End::Closed;
+            }
+        };
+        conn.info.served += 1;
+        if !keep {
+            cb.release();
+            return End::Closed;
+        }
+        cbuf = Some(cb);
+    }
+}
+
+/// What the request loop knows of its connection.
+struct Conn {
+    info: ConnInfo,
+    first_deadline: Instant,
+}
+
+/// How an idle wait ended.
+enum Idle {
+    /// Bytes (or EOF) are waiting.
+    Readable,
+    /// Timed out, failed or drained: close.
+    Closed,
+    /// Moved to the parking lot.
+    Parked,
+}
+
+/// Waits, without a buffer, for the next request's first bytes, within the
+/// keep-alive timeout (or the first request's head timeout). A keep-alive
+/// connection idle for [`PARK_AFTER`] leaves for the parking lot (see
+/// `park`). While draining, an idle connection gets one short window for a
+/// request already on its way (served with Connection: close), then closes:
+/// closing at once would race with such a request.
+async fn wait_idle(shard: &Shard, client: &mut Stream, info: &ConnInfo) -> Idle {
+    let limits = &shard.config.limits;
+    let idle_limit = if info.served == 0 {
+        limits.header_timeout
+    } else {
+        limits.keepalive_timeout
+    };
+    let mut may_park = info.served > 0
+        && idle_limit > PARK_AFTER
+        && matches!(client, Stream::Plain(_))
+        && shard.lot.enabled();
+    let mut left = idle_limit;
+    let mut drain_window_used = false;
+    loop {
+        let parking = may_park && !shard.shutting_down();
+        let wait = if shard.shutting_down() {
+            drain_window_used = true;
+            left.min(DRAIN_IDLE_WINDOW)
+        } else if parking {
+            PARK_AFTER
+        } else {
+            left
+        };
+        let woke = {
+            let readable = std::pin::pin!(client.readable());
+            shard.idle.within(shard.coarse_now() + wait, readable).await
+        };
+        match woke {
+            Some(Ok(())) => return Idle::Readable,
+            Some(Err(_)) => return Idle::Closed,
+            None if shard.shutting_down() && !drain_window_used => continue,
+            None if parking && !shard.shutting_down() => {
+                left = left.saturating_sub(PARK_AFTER);
+                let Stream::Plain(tcp) = &*client else {
+                    return Idle::Closed;
+                };
+                // The rest of the keep-alive timeout, as coarse as the sweep.
+                match shard.lot.park(tcp, *info, shard.coarse_now() + left) {
+                    Ok(()) => return Idle::Parked,
+                    // Out of descriptors, say: wait here instead.
+                    Err(e) => {
+                        log::debug!("{}: cannot park idle connection: {e}", info.peer);
+                        may_park = false;
+                    }
+                }
+            }
+            None => return Idle::Closed,
+        }
+    }
+}
+
+/// A request whose head was read, parsed and routed.
+struct Prepared {
+    req: Request,
+    /// The upstream head.
+    obuf: Vec<u8>,
+    /// Its access-log fields, if logging.
+    fields: Option<crate::access_log::Fields>,
+    /// When its head was complete.
+    started: std::time::Instant,
+}
+
+/// One request/response exchange. `Ok(true)`: keep the connection.
+async fn exchange(
+    shard: &Shard,
+    client: &mut Stream,
+    conn: &mut Conn,
+    cb: &mut InBuf,
+) -> Result<bool, ()> {
+    let limits = &shard.config.limits;
+    let peer = conn.info.peer;
+    let head_deadline = if conn.info.served == 0 {
+        conn.first_deadline
+    } else {
+        Instant::from_std(shard.coarse_now()) + limits.header_timeout
+    };
+    let p = read_head(shard, client, &conn.info, cb, head_deadline).await?;
+    let http10 = p.req.head.http10;
+    let mut down = H1Exchange {
+        shard,
+        client: &mut *client,
+        cb,
+        http10,
+    };
+    let result = proxy::forward(shard, &mut down, &p.req, p.obuf).await;
+    let elapsed = p.started.elapsed();
+    match result {
+        Ok(done) => {
+            let upstream = Some(shard.upstreams.borrow().address(done.backend));
+            let finished = Finished {
+                peer,
+                fields: p.fields,
+                status: done.status,
+                body_bytes: done.body_bytes,
+                elapsed,
+                upstream,
+            };
+            shard.finish(finished, true);
+            Ok(!done.close_client)
+        }
+        Err(Failure::Respond(err, buf)) => {
+            match err.side {
+                Side::Downstream => log::debug!("{peer}: {err}"),
+                _ => log::warn!("{peer}: {err}"),
+            }
+            respond_error(shard, client, &err, buf).await;
+            let elapsed = p.started.elapsed();
+            let fields = err.status().and(p.fields);
+            let status = err.status().unwrap_or(0);
+            let finished = Finished {
+                peer,
+                fields,
+                status,
+                body_bytes: 0,
+                elapsed,
+                upstream: None,
+            };
+            shard.finish(finished, true);
+            Err(())
+        }
+        Err(Failure::Close(err)) => {
+            log::debug!("{peer}: closing: {err}");
+            if let Some(f) = p.fields {
+                shard.give_fields(f);
+            }
+            Err(())
+        }
+    }
+}
+
+/// Reads the request head under one deadline that trickled bytes do not
+/// move; parses, routes and writes the upstream head. A rejected request is
+/// answered (and logged) here; `Err(())` closes the connection.
+async fn read_head(
+    shard: &Shard,
+    client: &mut Stream,
+    info: &ConnInfo,
+    cb: &mut InBuf,
+    deadline: Instant,
+) -> Result<Prepared, ()> {
+    let limits = &shard.config.limits;
+    let mut obuf = buffer::take();
+    loop {
+        if !cb.is_empty() {
+            obuf.clear();
+            match prepare(shard, info, cb.data(), &mut obuf) {
+                Ok(Parsed::Complete((head, group))) => {
+                    let started = std::time::Instant::now();
+                    let fields = shard.access_fields(&cb.data()[..head.head_len]);
+                    cb.consume(head.head_len);
+                    let close_client = !head.keep_alive
+                        || info.served + 1 >= limits.keepalive_requests
+                        || shard.shutting_down();
+                    let req = Request {
+                        group,
+                        head,
+                        close_client,
+                    };
+                    return Ok(Prepared {
+                        req,
+                        obuf,
+                        fields,
+                        started,
+                    });
+                }
+                Ok(Parsed::Partial) => {}
+                Err(err) => {
+                    log::debug!("{}: request rejected: {err}", info.peer);
+                    reject(shard, client, info, cb, err, obuf, Duration::ZERO).await;
+                    return Err(());
+                }
+            }
+        }
+        // Whether part of a head is buffered, decided before the read: a
+        // read cancelled by the deadline keeps the buffer.
+        let partial = !cb.is_empty();
+        match client.fill(cb, limits.max_head_bytes, deadline).await {
+            Ok(0) => {
+                buffer::give(obuf);
+                return Err(()); // EOF: the client is done (or gave up mid-head).
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if partial {
+                    let err = ProxyError::downstream(ErrorKind::ClientTimeout);
+                    let waited = limits.header_timeout;
+                    reject(shard, client, info, cb, err, Vec::new(), waited).await;
+                }
+                return Err(());
+            }
+            Err(_) => {
+                buffer::give(obuf);
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`, routes it and writes the upstream
+/// head into `obuf`. Returns the head and the upstream group.
+fn prepare(
+    shard: &Shard,
+    info: &ConnInfo,
+    buf: &[u8],
+    obuf: &mut Vec<u8>,
+) -> Result<Parsed<(RequestHead, usize)>, ProxyError> {
+    let limits = &shard.config.limits;
+    let hl = HeadLimits {
+        max_head_bytes: limits.max_head_bytes,
+        max_headers: limits.max_headers,
+    };
+    let routes = &shard.routes[info.listener];
+    let parsed = parse_request(buf, hl, |v| {
+        let route = routes.select(v)?;
+        let ups = shard.upstreams.borrow();
+        let fwd = Forwarding {
+            client_ip: info.peer.ip(),
+            default_host: ups.default_host(route.group),
+            host_override: ups.host_override(route.group),
+        };
+        write_upstream_head(v, &fwd, obuf);
+        Some((v.head, route.group))
+    })
+    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e)))?;
+    match parsed {
+        Parsed::Partial => Ok(Parsed::Partial),
+        Parsed::Complete(Some(x)) => Ok(Parsed::Complete(x)),
+        Parsed::Complete(None) => Err(ProxyError::downstream(ErrorKind::NoRoute)),
+    }
+}
+
+/// Answers a request lbd rejects itself, and logs it with the bytes of its
+/// (first) line.
+async fn reject(
+    shard: &Shard,
+    client: &mut Stream,
+    info: &ConnInfo,
+    cb: &InBuf,
+    err: ProxyError,
+    buf: Vec<u8>,
+    waited: Duration,
+) {
+    let finished = Finished {
+        peer: info.peer,
+        fields: shard.access_fields(cb.data()),
+        status: err.status().unwrap_or(0),
+        body_bytes: 0,
+        elapsed: waited,
+        upstream: None,
+    };
+    shard.finish(finished, false);
+    respond_error(shard, client, &err, buf).await;
+}
+
+/// Sends the short response for `err`, if it has a status.
+async fn respond_error(shard: &Shard, client: &mut Stream, err: &ProxyError, mut buf: Vec<u8>) {
+    let Some(status) = err.status() else { return };
+    shard.metrics.response(status);
+    buf.clear();
+    http::write_simple_response(&mut buf, status, true);
+    let len = buf.len();
+    let limit = shard.config.limits.client_write_timeout;
+    let (_, buf) = client.write_range(buf, 0, len, limit).await;
+    buffer::give(buf);
+}
+
+/// The HTTP/1 client's side of one exchange.
+struct H1Exchange<'a> {
+    shard: &'a Shard,
+    client: &'a mut Stream,
+    /// What the client sent after the request head.
+    cb: &'a mut InBuf,
+    http10: bool,
+}
+
+fn client_io(e: io::Error) -> ProxyError {
+    ProxyError::downstream(ErrorKind::ClientIo(e))
+}
+
+impl Downstream for H1Exchange<'_> {
+    async fn upstream_ready(&mut self, head: &RequestHead) -> Result<(), ProxyError> {
+        if !(head.expect_continue && self.cb.is_empty()) {
+            return Ok(());
+        }
+        let mut cont = buffer::take();
+        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let len = cont.len();
+        let (res, cont) = self.write(cont, 0, len).await;
+        buffer::give(cont);
+        res
+    }
+
+    fn buffered_body(&mut self, body: &mut Body, out: &mut Vec<u8>) -> Result<(), ProxyError> {
+        let cb = &mut *self.cb;
+        let start = cb.pos;
+        let (n, used) = body
+            .frame(&mut cb.v[start..], false)
+            .map_err(|e| ProxyError::downstream(ErrorKind::BadRequestBody(e)))?;
+        out.extend_from_slice(&cb.v[start..start + n]);
+        cb.consume(used);
+        Ok(())
+    }
+
+    async fn stream_body(&mut self, body: &mut Body, up: &mut Stream) -> Result<(), ProxyError> {
+        let limits = &self.shard.config.limits;
+        let cb = &mut *self.cb;
+        // Large bodies stream in large buffers.
+        if body.is_larger_than(buffer::BUF_SIZE as u64) {
+            cb.upsize();
+        }
+        while !body.is_done() {
+            let deadline = Instant::now() + limits.body_timeout;
+            match self.client.fill(cb, buffer::LARGE_BUF_SIZE, deadline).await {
+                Ok(0) => return Err(client_io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(ProxyError::downstream(ErrorKind::ClientTimeout))
+                }
+                Err(e) => return Err(client_io(e)),
+            }
+            let start = cb.pos;
+            let (n, used) = body
+                .frame(&mut cb.v[start..], false)
+                .map_err(|e| ProxyError::downstream(ErrorKind::BadRequestBody(e)))?;
+            let v = std::mem::take(&mut cb.v);
+            let (res, v) = up
+                .write_range(v, start, start + n, limits.upstream_body_timeout)
+                .await;
+            cb.v = v;
+            res.map_err(|e| ProxyError::upstream(ErrorKind::UpstreamIo(e)))?;
+            cb.consume(used);
+        }
+        Ok(())
+    }
+
+    fn encode_head(
+        &mut self,
+        resp: &ResponseView<'_>,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> ClientHead {
+        let ctx = ClientContext {
+            http10: self.http10,
+            close_client: close,
+        };
+        write_client_head(resp, ctx, out)
+    }
+
+    async fn write(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (Result<(), ProxyError>, Vec<u8>) {
+        let limit = self.shard.config.limits.client_write_timeout;
+        let (res, buf) = self.client.write_range(buf, start, end, limit).await;
+        (res.map_err(client_io), buf)
+    }
+}

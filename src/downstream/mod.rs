@@ -1,0 +1,24 @@
+//! The client side: accepted connections, from their first byte to the
+//! response written back.
+//!
+//! [`h1`] is the HTTP/1 connection loop (idle wait and parking, TLS accept,
+//! reading request heads, keep-alive, error responses) and implements
+//! [`crate::proxy::Downstream`] for the exchanges it hands to
+//! [`crate::proxy`]. Other client protocols (PROXY protocol in front of a
+//! connection, HTTP/2) are rooms beside it.
+
+pub(crate) mod h1;
+
+use std::time::Duration;
+
+/// How long an idle keep-alive connection stays open once draining began.
+pub(crate) const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How a connection's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The connection is closed.
+    Closed,
+    /// The connection went on idle into the worker's parking lot.
+    Parked,
+}

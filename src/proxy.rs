@@ -1,0 +1,400 @@
+//! One exchange, protocol-neutral: a request, already parsed and routed by a
+//! downstream, goes to a backend of its group, and the response comes back
+//! through the same downstream.
+//!
+//! [`forward`] drives the upstream half: it acquires a backend connection
+//! ([`crate::upstream::connect`]), sends the upstream head together with the
+//! body bytes the client already sent in one write, streams the rest of the
+//! request body, reads the response head (relaying 1xx interim heads),
+//! writes the client's head with the first body bytes in one write, streams
+//! the rest, and puts the upstream connection back in the pool only when the
+//! response ended exactly where its framing said. A request sent but answered
+//! by no response byte is resent when its error says that is safe
+//! ([`crate::error::Retry`]). What is specific to the client's protocol
+//! (reading its body, the shape of its response head, writing to it) sits
+//! behind [`Downstream`]: the HTTP/1 connection loop implements it, and so
+//! can an HTTP/2 stream or a tunnel's first exchange.
+
+use std::io;
+
+use monoio::time::Instant;
+
+use crate::buffer::{self, InBuf};
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::Body;
+use crate::http::request::{Parsed, RequestHead};
+use crate::http::response::{parse_response, ResponseHead, ResponseView, MAX_RESPONSE_HEAD_BYTES};
+use crate::http::rewrite::ClientHead;
+use crate::shard::Shard;
+use crate::stream::Stream;
+use crate::upstream::connect::{acquire, reacquire, Attempts, Upstream};
+use crate::upstream::BackendId;
+
+/// A request as a downstream hands it over: routed, with its upstream head
+/// already written (see [`forward`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    /// The upstream group it was routed to.
+    pub(crate) group: usize,
+    /// The neutral decisions from its head.
+    pub(crate) head: RequestHead,
+    /// lbd closes the client connection after this exchange.
+    pub(crate) close_client: bool,
+}
+
+/// How an exchange failed.
+pub(crate) enum Failure {
+    /// Nothing was sent to the client yet: send this error's status (the
+    /// buffer is for that response).
+    Respond(ProxyError, Vec<u8>),
+    /// Response bytes already went out (or the client is gone): close.
+    Close(ProxyError),
+}
+
+impl Failure {
+    /// A failure before any response byte: respond if the error has a
+    /// status for the client, else close.
+    fn before_response(err: ProxyError, buf: Vec<u8>) -> Self {
+        if err.status().is_some() {
+            Failure::Respond(err, buf)
+        } else {
+            Failure::Close(err)
+        }
+    }
+}
+
+/// What a completed exchange reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done {
+    /// The client connection closes after it.
+    pub(crate) close_client: bool,
+    /// The status sent.
+    pub(crate) status: u16,
+    /// Response body bytes sent.
+    pub(crate) body_bytes: u64,
+    /// The backend that answered.
+    pub(crate) backend: BackendId,
+}
+
+/// The client's side of one exchange, as the upstream half needs it.
+pub(crate) trait Downstream {
+    /// An upstream connection is ready and nothing was sent on it yet (an
+    /// HTTP/1.1 client waiting on `Expect: 100-continue` gets its `100` now).
+    async fn upstream_ready(&mut self, head: &RequestHead) -> Result<(), ProxyError>;
+
+    /// Frames the request body bytes that arrived with the head and appends
+    /// the ones to forward to `out`, after the upstream head.
+    fn buffered_body(&mut self, body: &mut Body, out: &mut Vec<u8>) -> Result<(), ProxyError>;
+
+    /// Streams the rest of the request body to `up`.
+    async fn stream_body(&mut self, body: &mut Body, up: &mut Stream) -> Result<(), ProxyError>;
+
+    /// Writes the client's response head for `resp` (interim or final) into
+    /// `out`; `close`: lbd closes the client connection after this exchange.
+    fn encode_head(
+        &mut self,
+        resp: &ResponseView<'_>,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> ClientHead;
+
+    /// Writes `buf[start..end]` (response bytes) to the client; hands the
+    /// buffer back.
+    async fn write(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (Result<(), ProxyError>, Vec<u8>);
+}
+
+/// The request side's state while a response is awaited.
+struct Sent {
+    up: Upstream,
+    /// The request bytes, kept for the one safe resend until a response
+    /// arrives.
+    obuf: Vec<u8>,
+    /// How much of `obuf` the request is.
+    len: usize,
+    /// Idempotent and entirely in `obuf`.
+    resendable: bool,
+    attempts: Attempts,
+}
+
+/// Forwards one request and relays its response. `obuf` holds the upstream
+/// head the downstream wrote.
+pub(crate) async fn forward<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    req: &Request,
+    obuf: Vec<u8>,
+) -> Result<Done, Failure> {
+    let sent = send_request(shard, down, req, obuf).await?;
+    let (up, resp, client, ub, hbuf) = read_response_head(shard, down, req, sent).await?;
+    relay_response(shard, down, up, resp, client, ub, hbuf).await
+}
+
+/// Acquires a backend and sends the request: head and buffered body bytes
+/// in one write, then the rest of the body.
+async fn send_request<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    req: &Request,
+    mut obuf: Vec<u8>,
+) -> Result<Sent, Failure> {
+    let limits = &shard.config.limits;
+    let mut attempts = Attempts::new(shard.config.max_retries);
+    let now = || shard.coarse_now();
+    let mut up = match acquire(&shard.upstreams, req.group, now, &mut attempts).await {
+        Ok(u) => u,
+        Err(e) => return Err(Failure::Respond(e, obuf)),
+    };
+    if let Err(e) = down.upstream_ready(&req.head).await {
+        return Err(Failure::Close(e));
+    }
+    let mut body = Body::new(req.head.framing, limits.max_chunk_extension_bytes);
+    if let Err(e) = down.buffered_body(&mut body, &mut obuf) {
+        return Err(Failure::before_response(e, obuf));
+    }
+    let resendable = req.head.idempotent && body.is_done();
+    let len = obuf.len();
+    let (res, ob) = up
+        .stream
+        .write_range(obuf, 0, len, limits.upstream_body_timeout)
+        .await;
+    let mut sent = Sent {
+        obuf: ob,
+        len,
+        resendable,
+        attempts,
+        up,
+    };
+    count_request(shard, sent.up.backend);
+    if let Err(e) = res {
+        let err = ProxyError::upstream(ErrorKind::UpstreamIo(e));
+        if !err.retryable(resendable) {
+            return Err(Failure::Respond(err, sent.obuf));
+        }
+        sent = resend(shard, req.group, sent).await?;
+    }
+    if !body.is_done() {
+        if let Err(e) = down.stream_body(&mut body, &mut sent.up.stream).await {
+            return Err(Failure::before_response(e, sent.obuf));
+        }
+    }
+    Ok(sent)
+}
+
+fn count_request(shard: &Shard, backend: BackendId) {
+    shard.metrics.backend(backend.index()).requests.inc();
+}
+
+/// Sends the request in `sent.obuf` again, on the connection
+/// [`reacquire`] picks.
+async fn resend(shard: &Shard, group: usize, sent: Sent) -> Result<Sent, Failure> {
+    let Sent {
+        up,
+        obuf,
+        len,
+        resendable,
+        mut attempts,
+    } = sent;
+    let now = || shard.coarse_now();
+    let mut up = match reacquire(&shard.upstreams, group, up, now, &mut attempts).await {
+        Ok(u) => u,
+        Err(e) => return Err(Failure::Respond(e, obuf)),
+    };
+    let limit = shard.config.limits.upstream_body_timeout;
+    let (res, obuf) = up.stream.write_range(obuf, 0, len, limit).await;
+    count_request(shard, up.backend);
+    match res {
+        Ok(()) => Ok(Sent {
+            up,
+            obuf,
+            len,
+            resendable,
+            attempts,
+        }),
+        Err(e) => Err(Failure::Respond(
+            ProxyError::upstream(ErrorKind::UpstreamIo(e)),
+            obuf,
+        )),
+    }
+}
+
+/// Reads the response head under one deadline that bytes trickled by the
+/// upstream do not extend (a 1xx interim response, relayed, starts a new
+/// one). Returns the connection, the head, the client's framing, the bytes
+/// read past the head and the client head written into a buffer.
+async fn read_response_head<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    req: &Request,
+    mut sent: Sent,
+) -> Result<(Upstream, ResponseHead, ClientHead, InBuf, Vec<u8>), Failure> {
+    let limits = &shard.config.limits;
+    let mut ub = InBuf::new();
+    let mut hbuf = buffer::take();
+    let mut deadline = Instant::now() + limits.upstream_response_timeout;
+    loop {
+        if !ub.is_empty() {
+            hbuf.clear();
+            // A drain that began while this request was in flight still
+            // tells the client the connection closes.
+            let close = req.close_client || shard.shutting_down();
+            let parsed = parse_response(ub.data(), req.head.is_head, |v| {
+                down.encode_head(v, close, &mut hbuf)
+            });
+            match parsed {
+                Ok(Parsed::Complete((h, _))) if h.interim => {
+                    ub.consume(h.head_len);
+                    deadline = Instant::now() + limits.upstream_response_timeout;
+                    let len = hbuf.len();
+                    let (res, hb) = down.write(hbuf, 0, len).await;
+                    hbuf = hb;
+                    if let Err(e) = res {
+                        ub.release();
+                        return Err(Failure::Close(e));
+                    }
+                    continue;
+                }
+                Ok(Parsed::Complete((h, client))) => {
+                    buffer::give(sent.obuf);
+                    ub.consume(h.head_len);
+                    return Ok((sent.up, h, client, ub, hbuf));
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    ub.release();
+                    buffer::give(hbuf);
+                    let err = ProxyError::upstream(ErrorKind::BadResponse(e));
+                    return Err(Failure::Respond(err, sent.obuf));
+                }
+            }
+        }
+        let res = sent
+            .up
+            .stream
+            .fill(&mut ub, MAX_RESPONSE_HEAD_BYTES, deadline)
+            .await;
+        let err = match res {
+            Ok(0) => ProxyError::upstream(ErrorKind::UpstreamClosed),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                ProxyError::upstream(ErrorKind::UpstreamTimeout)
+            }
+            Err(e) => ProxyError::upstream(ErrorKind::UpstreamIo(e)),
+        };
+        if err.retryable(sent.resendable) && sent.attempts.left() {
+            // Closed or reset before a complete response head (nothing
+            // reached the client): send it again. A reset can also discard
+            // part of a head the upstream had already sent.
+            ub.v.clear();
+            ub.pos = 0;
+            sent = resend(shard, req.group, sent).await?;
+            continue;
+        }
+        ub.release();
+        buffer::give(hbuf);
+        return Err(Failure::Respond(err, sent.obuf));
+    }
+}
+
+/// Writes the client head with the first body bytes in one write, streams
+/// the rest of the body, and pools the upstream connection after an exact
+/// end.
+async fn relay_response<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    mut up: Upstream,
+    resp: ResponseHead,
+    client: ClientHead,
+    mut ub: InBuf,
+    mut obuf: Vec<u8>,
+) -> Result<Done, Failure> {
+    let limits = &shard.config.limits;
+    let mut body = Body::new(resp.framing, limits.max_chunk_extension_bytes);
+    let mut body_bytes: u64 = 0;
+    let start = ub.pos;
+    let end = ub.v.len();
+    match body.frame(&mut ub.v[start..end], client.dechunk) {
+        Ok((out, used)) => {
+            obuf.extend_from_slice(&ub.v[start..start + out]);
+            body_bytes += out as u64;
+            ub.consume(used);
+        }
+        Err(e) => {
+            ub.release();
+            let err = ProxyError::upstream(ErrorKind::BadResponseBody(e));
+            return Err(Failure::Respond(err, obuf));
+        }
+    }
+    shard.metrics.response(resp.status);
+    let len = obuf.len();
+    let (res, ob) = down.write(obuf, 0, len).await;
+    buffer::give(ob);
+    if let Err(e) = res {
+        ub.release();
+        return Err(Failure::Close(e));
+    }
+    // Large bodies stream in large buffers (fewer reads and writes per byte).
+    if body.is_larger_than(buffer::BUF_SIZE as u64) {
+        ub.upsize();
+    }
+    while !body.is_done() {
+        match relay_body_step(shard, down, &mut up, &mut body, &mut ub, client.dechunk).await {
+            Ok(n) => body_bytes += n,
+            Err(e) => {
+                ub.release();
+                return Err(Failure::Close(e.after_response()));
+            }
+        }
+    }
+    let clean_end = ub.is_empty() && !up.stream.has_pending();
+    ub.release();
+    if resp.upstream_reusable && clean_end && !shard.shutting_down() {
+        shard
+            .upstreams
+            .borrow_mut()
+            .checkin(up.backend, up.stream, shard.coarse_now());
+    }
+    Ok(Done {
+        close_client: client.close_client,
+        status: resp.status,
+        body_bytes,
+        backend: up.backend,
+    })
+}
+
+/// One read of response body from the upstream, framed and written to the
+/// client. Returns the body bytes written.
+async fn relay_body_step<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    up: &mut Upstream,
+    body: &mut Body,
+    ub: &mut InBuf,
+    dechunk: bool,
+) -> Result<u64, ProxyError> {
+    let deadline = Instant::now() + shard.config.limits.upstream_body_timeout;
+    match up.stream.fill(ub, buffer::LARGE_BUF_SIZE, deadline).await {
+        Ok(0) if body.on_eof() => return Ok(0),
+        Ok(0) => return Err(ProxyError::upstream(ErrorKind::UpstreamTruncated)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout))
+        }
+        Err(e) => return Err(ProxyError::upstream(ErrorKind::UpstreamIo(e))),
+    }
+    let start = ub.pos;
+    let end = ub.v.len();
+    let (out, used) = body
+        .frame(&mut ub.v[start..end], dechunk)
+        .map_err(|e| ProxyError::upstream(ErrorKind::BadResponseBody(e)))?;
+    let v = std::mem::take(&mut ub.v);
+    let (res, v) = down.write(v, start, start + out).await;
+    ub.v = v;
+    res?;
+    ub.consume(used);
+    Ok(out as u64)
+}

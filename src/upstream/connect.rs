@@ -1,0 +1,202 @@
+//! From a group to a connected backend: checkout or connect, TCP then TLS,
+//! and the retry policy across backends.
+//!
+//! [`acquire`] picks the next eligible backend, reuses a pooled connection to
+//! it or opens a new one; a failed connect (nothing was sent, so any method
+//! may move on) marks the backend down on this worker and moves to the next.
+//! [`reacquire`] decides where a request that was sent but got no response
+//! byte goes again (see [`crate::error::Retry`]): a reused pooled connection
+//! that died was most likely just stale, so the same backend on a new
+//! connection; a fresh one that died means the backend is in trouble, so it
+//! is marked down and the next backend is tried. Every attempt of a request
+//! counts against `max_retries` ([`Attempts`]). Resource exhaustion on lbd's
+//! side (descriptors, ports, memory) is an internal error: the backend is not
+//! blamed and the others are not tried.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+use monoio::time::timeout;
+
+use super::{BackendId, Upstreams};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::stream::Stream;
+
+/// An upstream connection in use.
+pub(crate) struct Upstream {
+    /// The connection.
+    pub(crate) stream: Stream,
+    /// Where it goes.
+    pub(crate) backend: BackendId,
+    /// It came from the pool.
+    pub(crate) reused: bool,
+}
+
+/// A request's connection attempts, across backends and resends.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    tries: usize,
+    max: usize,
+}
+
+impl Attempts {
+    /// At most `max` attempts (`max_retries`).
+    pub(crate) fn new(max: usize) -> Self {
+        Attempts { tries: 0, max }
+    }
+
+    /// True while another attempt is allowed.
+    pub(crate) fn left(&self) -> bool {
+        self.tries < self.max
+    }
+
+    fn count(&mut self) {
+        self.tries += 1;
+    }
+}
+
+/// Connects to the next eligible backend of `group` (see the module doc).
+/// `now` reads the worker's coarse clock (pool idle times).
+pub(crate) async fn acquire(
+    ups: &RefCell<Upstreams>,
+    group: usize,
+    now: impl Fn() -> Instant,
+    attempts: &mut Attempts,
+) -> Result<Upstream, ProxyError> {
+    let mut last: Option<ProxyError> = None;
+    while attempts.left() {
+        let Some(backend) = ups.borrow_mut().select(group) else {
+            break;
+        };
+        attempts.count();
+        if let Some(up) = checkout(ups, backend, now()) {
+            return Ok(up);
+        }
+        let addr = ups.borrow().address(backend);
+        log::debug!("upstream peer is {addr}");
+        match connect(ups, group, backend).await {
+            Ok(stream) => return Ok(opened(ups, stream, backend)),
+            Err(e) if e.side == Side::Internal => {
+                log::error!("cannot connect to upstream {addr}: {}", e.kind);
+                return Err(e);
+            }
+            Err(e) => {
+                log::warn!("connect to upstream {addr} failed: {}", e.kind);
+                let mut u = ups.borrow_mut();
+                u.mark_down(backend);
+                u.metrics.backend(backend.index()).connect_errors.inc();
+                last = Some(e);
+            }
+        }
+    }
+    // No eligible backend at all (all down) is 503 at once; otherwise the
+    // last failure decides (502 refused, 504 timed out).
+    Err(last.unwrap_or_else(|| ProxyError::upstream(ErrorKind::NoUpstream)))
+}
+
+/// Where a sent request that got no response byte goes again (see the
+/// module doc). `old` is dropped (closed) first.
+pub(crate) async fn reacquire(
+    ups: &RefCell<Upstreams>,
+    group: usize,
+    old: Upstream,
+    now: impl Fn() -> Instant,
+    attempts: &mut Attempts,
+) -> Result<Upstream, ProxyError> {
+    let Upstream {
+        backend, reused, ..
+    } = old;
+    let addr = ups.borrow().address(backend);
+    if reused {
+        log::debug!("pooled connection to {addr} was closed; resending on a new one");
+        attempts.count();
+        match connect(ups, group, backend).await {
+            Ok(stream) => return Ok(opened(ups, stream, backend)),
+            Err(e) => log::warn!("connect to upstream {addr} failed: {}", e.kind),
+        }
+    }
+    log::warn!(
+        "upstream {addr} failed before responding; retrying the idempotent request on the next backend"
+    );
+    ups.borrow_mut().mark_down(backend);
+    acquire(ups, group, now, attempts).await.map_err(|e| {
+        // Nothing left to try: report the original failure.
+        if matches!(e.kind, ErrorKind::NoUpstream) {
+            ProxyError::upstream(ErrorKind::UpstreamClosed)
+        } else {
+            e
+        }
+    })
+}
+
+fn checkout(ups: &RefCell<Upstreams>, backend: BackendId, now: Instant) -> Option<Upstream> {
+    let mut u = ups.borrow_mut();
+    let stream = u.checkout(backend, now)?;
+    u.metrics.backend(backend.index()).pool_reuse.inc();
+    Some(Upstream {
+        stream,
+        backend,
+        reused: true,
+    })
+}
+
+fn opened(ups: &RefCell<Upstreams>, stream: Stream, backend: BackendId) -> Upstream {
+    ups.borrow()
+        .metrics
+        .backend(backend.index())
+        .new_connections
+        .inc();
+    Upstream {
+        stream,
+        backend,
+        reused: false,
+    }
+}
+
+/// Opens a new connection to `backend`: TCP within the connect timeout, then,
+/// for a TLS group, the handshake within what is left of it. Any failure
+/// here means nothing was sent.
+pub(crate) async fn connect(
+    ups: &RefCell<Upstreams>,
+    group: usize,
+    backend: BackendId,
+) -> Result<Stream, ProxyError> {
+    let (limit, addr, tls) = {
+        let u = ups.borrow();
+        (u.connect_timeout, u.address(backend), u.tls(group))
+    };
+    let started = Instant::now();
+    let tcp = match timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(t)) => t,
+        // Out of descriptors, ports or memory: lbd's problem, not the
+        // backend's; do not mark it down or try the others.
+        Ok(Err(e)) if is_local_exhaustion(&e) => {
+            return Err(ProxyError::internal(ErrorKind::LocalResources(e)))
+        }
+        Ok(Err(e)) => return Err(ProxyError::upstream(ErrorKind::ConnectFailed(e))),
+        Err(_) => return Err(ProxyError::upstream(ErrorKind::ConnectTimeout)),
+    };
+    let Some((config, name)) = tls else {
+        return Ok(Stream::plain(tcp));
+    };
+    let left = limit
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    match Stream::connect_tls(tcp, config, name, left).await {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(ProxyError::upstream(ErrorKind::ConnectTimeout))
+        }
+        Err(e) => Err(ProxyError::upstream(ErrorKind::TlsHandshake(e))),
+    }
+}
+
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    use nix::libc::{EADDRNOTAVAIL, EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(
+        e.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM | EADDRNOTAVAIL)
+    )
+}
