@@ -90,6 +90,9 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// The backend that answered, if any.
     pub upstream: Option<SocketAddr>,
+    /// The route that matched, named as in the config (`routes[2]`), on
+    /// listeners with `routes:`.
+    pub route: Option<&'a str>,
 }
 
 /// Per-worker formatter with a cached timestamp.
@@ -160,6 +163,9 @@ impl WorkerLog {
                         }
                         None => b.extend_from_slice(b" -"),
                     }
+                    if let Some(r) = e.route {
+                        let _ = write!(b, " route={r}");
+                    }
                 }
             }
             Format::Json => {
@@ -183,6 +189,9 @@ impl WorkerLog {
                         let _ = write!(b, "\"{u}\"");
                     }
                     None => b.extend_from_slice(b"null"),
+                }
+                if let Some(r) = e.route {
+                    let _ = write!(b, ",\"route\":\"{r}\"");
                 }
                 b.push(b'}');
             }
@@ -317,6 +326,7 @@ mod tests {
             body_bytes: 42,
             duration: Duration::from_micros(1500),
             upstream: Some("127.0.0.1:8081".parse().unwrap()),
+            route: None,
         }
     }
 

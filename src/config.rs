@@ -21,6 +21,12 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+mod balance;
+mod routes;
+
+pub use balance::BalanceConfig;
+pub use routes::{HeaderPair, ListenerRoutes, RouteConfig};
+
 /// A configuration error: which key, which value, what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -301,9 +307,14 @@ impl RawAccessLog {
 struct RawListener {
     /// `IP:port` to listen on.
     address: String,
-    /// Upstream group this listener balances to; optional when there is one group.
+    /// Upstream group this listener balances to; optional when there is one
+    /// group. The shorthand for a single default route; exclusive with
+    /// `routes`.
     #[serde(default)]
     upstream: Option<String>,
+    /// Host and path routes, most specific first (see `route`).
+    #[serde(default)]
+    routes: Option<Vec<routes::RawRoute>>,
     /// listen(2) backlog per socket (capped by `net.core.somaxconn`). Default 4096.
     #[serde(default)]
     backlog: Option<i32>,
@@ -349,7 +360,17 @@ impl RawListener {
         if earlier.iter().any(|o| o.address == address) {
             return Err(invalid(&key, &self.address, "address listed twice"));
         }
-        let upstream = self.upstream_index(i, upstreams)?;
+        let routes = match (&self.routes, &self.upstream) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("listeners[{i}].upstream"),
+                    self.upstream.as_deref().unwrap_or_default(),
+                    "`upstream` and `routes` are exclusive: add `{ upstream: NAME }` as a default route",
+                ))
+            }
+            (Some(r), None) => routes::validate(i, r, upstreams)?,
+            (None, _) => ListenerRoutes::single(self.upstream_index(i, upstreams)?),
+        };
         let backlog = self.backlog.unwrap_or(4096);
         let backlog = in_range(
             format!("listeners[{i}].backlog"),
@@ -360,7 +381,7 @@ impl RawListener {
         let tls = self.tls.as_ref().map(|t| t.validate(i)).transpose()?;
         Ok(ListenerConfig {
             address,
-            upstream,
+            routes,
             backlog,
             tls,
         })
@@ -500,6 +521,29 @@ struct RawUpstream {
     /// Host header sent upstream. Default: the client's Host.
     #[serde(default)]
     host: Option<String>,
+    /// `round_robin` (default), `least_conn`, `p2c`, `random` or `hash`.
+    #[serde(default)]
+    balance: Option<String>,
+    /// `balance: hash`: `{ key: client_ip | uri | path | header:NAME |
+    /// cookie:NAME | query:NAME }`.
+    #[serde(default)]
+    hash: Option<balance::RawHash>,
+    /// `balance: hash`: bounded load, percent of the average in-flight load
+    /// a backend may carry before its keys move on (HAProxy's
+    /// `hash-balance-factor`). Default: unbounded.
+    #[serde(default)]
+    hash_balance_factor: Option<u32>,
+    /// `{ cookie: NAME, ttl_s: N }`: sticky sessions by cookie. Default: off.
+    #[serde(default)]
+    sticky: Option<balance::RawSticky>,
+    /// A backend that (re)joins ramps its weight from 10% over this long.
+    /// Default: off.
+    #[serde(default)]
+    slow_start_ms: Option<u64>,
+    /// Below this share of eligible backends, balance over all of them
+    /// (Envoy's panic mode). Default: off.
+    #[serde(default)]
+    panic_threshold_percent: Option<u32>,
 }
 
 /// `upstreams`: at least one group, each checked in name order (the order
@@ -552,12 +596,24 @@ impl RawUpstream {
             .map(|t| t.validate(name, warnings))
             .transpose()?;
         let host = self.host(name)?;
+        let balance = balance::validate(
+            name,
+            &balance::RawBalance {
+                balance: &self.balance,
+                hash: &self.hash,
+                hash_balance_factor: self.hash_balance_factor,
+                sticky: &self.sticky,
+                slow_start_ms: self.slow_start_ms,
+                panic_threshold_percent: self.panic_threshold_percent,
+            },
+        )?;
         Ok(UpstreamConfig {
             name: name.to_owned(),
             backends,
             health_check,
             tls,
             host,
+            balance,
         })
     }
 
@@ -937,8 +993,8 @@ pub struct Config {
 pub struct ListenerConfig {
     /// Socket address to bind.
     pub address: SocketAddr,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Where its requests go.
+    pub routes: ListenerRoutes,
     /// listen(2) backlog.
     pub backlog: i32,
     /// TLS material and handshake timeout, if the listener terminates TLS.
@@ -958,6 +1014,8 @@ pub struct UpstreamConfig {
     pub tls: Option<crate::tls::TlsMaterial>,
     /// `host`: Host header override.
     pub host: Option<String>,
+    /// How it balances.
+    pub balance: BalanceConfig,
 }
 
 /// What a health check does.

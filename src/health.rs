@@ -25,26 +25,53 @@ use std::time::{Duration, Instant};
 
 use crate::config::{CheckKind, HealthCheckConfig};
 
-/// The shared health state: one bit and one generation per backend.
+/// The shared health state: one bit, one generation and one "up since"
+/// time per backend.
 #[derive(Debug)]
 pub struct HealthMap {
     words: Vec<AtomicU64>,
     generations: Vec<AtomicU64>,
     failures: Vec<AtomicU64>,
+    /// Per backend: when it last turned healthy after being down, in µs
+    /// since `epoch` plus one (0: up since start, no ramp). Slow start is a
+    /// function of this and the time alone, so every worker agrees.
+    up_since: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl HealthMap {
     /// All `n` backends up, generation 0.
     pub fn new(n: usize) -> Self {
-        let words = (0..n.div_ceil(64))
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect();
-        let generations = (0..n).map(|_| AtomicU64::new(0)).collect();
-        let failures = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let counters = || (0..n).map(|_| AtomicU64::new(0)).collect();
         HealthMap {
-            words,
-            generations,
-            failures,
+            words: (0..n.div_ceil(64))
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            generations: counters(),
+            failures: counters(),
+            up_since: counters(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// `at` as µs since the map's epoch (the time base of [`Self::up_since_us`]).
+    pub(crate) fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// When backend `id` last turned healthy after being down (µs, see
+    /// [`Self::micros`]); `None` when it has been up since start.
+    #[inline]
+    pub(crate) fn up_since_us(&self, id: usize) -> Option<u64> {
+        match self.up_since.get(id).map(|a| a.load(Ordering::Relaxed)) {
+            None | Some(0) => None,
+            Some(t) => Some(t - 1),
+        }
+    }
+
+    fn mark_up_since(&self, id: usize) {
+        if let Some(a) = self.up_since.get(id) {
+            a.store(self.micros(Instant::now()) + 1, Ordering::Relaxed);
         }
     }
 
@@ -378,6 +405,7 @@ fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall
                 if t.successes >= rise {
                     t.up = true;
                     t.successes = 0;
+                    map.mark_up_since(t.id);
                     map.set(t.id, true);
                     log::info!("{} is healthy again", t.name);
                 }

@@ -202,7 +202,9 @@ fn start(
     let links = worker_metrics
         .iter()
         .zip(access.drain(..))
-        .map(|(m, a)| shard::WorkerLinks {
+        .enumerate()
+        .map(|(i, (m, a))| shard::WorkerLinks {
+            seed: seed(i),
             metrics: m.clone(),
             dump_tx: dump_tx.clone(),
             scrape_tx: scrape_tx.clone(),
@@ -246,6 +248,15 @@ fn start(
         daemon::remove_pid_file(p);
     }
     Ok(())
+}
+
+/// A seed for worker `i`'s random draws: different per worker and per
+/// process (from the clock and pid), no syscall per request.
+fn seed(i: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The SIGUSR1 action: collect every worker's interval histogram, merge,

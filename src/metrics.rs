@@ -86,6 +86,8 @@ pub struct BackendCounters {
     pub pool_reuse: Counter,
     /// New upstream connections opened.
     pub new_connections: Counter,
+    /// Requests in flight to the backend (gauge, published every tick).
+    pub inflight: Counter,
 }
 
 /// One worker's counters. Written by that worker only.
@@ -132,6 +134,7 @@ impl WorkerMetrics {
             connect_errors: Counter(AtomicU64::new(0)),
             pool_reuse: Counter(AtomicU64::new(0)),
             new_connections: Counter(AtomicU64::new(0)),
+            inflight: Counter(AtomicU64::new(0)),
         };
         self.backends.get(id).unwrap_or(&NONE)
     }
@@ -387,7 +390,7 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         sum(w, |m| m.connections_total.get()),
     );
 
-    let families: [Family; 4] = [
+    let families: [Family; 5] = [
         (
             "lbd_upstream_requests_total",
             "counter",
@@ -411,6 +414,12 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
             "counter",
             "New upstream connections opened.",
             |b| b.new_connections.get(),
+        ),
+        (
+            "lbd_upstream_inflight",
+            "gauge",
+            "Requests in flight to each backend (summed over workers, updated every 50 ms).",
+            |b| b.inflight.get(),
         ),
     ];
     let backends = s.backends;

@@ -16,6 +16,7 @@
 //! can an HTTP/2 stream or a tunnel's first exchange.
 
 use std::io;
+use std::time::Duration;
 
 use monoio::time::Instant;
 
@@ -24,11 +25,11 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::Body;
 use crate::http::request::{Parsed, RequestHead};
 use crate::http::response::{parse_response, ResponseHead, ResponseView, MAX_RESPONSE_HEAD_BYTES};
-use crate::http::rewrite::ClientHead;
+use crate::http::rewrite::{ClientHead, SetCookie};
 use crate::shard::Shard;
 use crate::stream::Stream;
 use crate::upstream::connect::{acquire, reacquire, Attempts, Upstream};
-use crate::upstream::BackendId;
+use crate::upstream::{Affinity, BackendId};
 
 /// A request as a downstream hands it over: routed, with its upstream head
 /// already written (see [`forward`]).
@@ -36,6 +37,9 @@ use crate::upstream::BackendId;
 pub(crate) struct Request {
     /// The upstream group it was routed to.
     pub(crate) group: usize,
+    /// What it contributes to the pick of a backend (hash key, sticky
+    /// cookie).
+    pub(crate) affinity: Affinity,
     /// The neutral decisions from its head.
     pub(crate) head: RequestHead,
     /// lbd closes the client connection after this exchange.
@@ -90,11 +94,13 @@ pub(crate) trait Downstream {
     async fn stream_body(&mut self, body: &mut Body, up: &mut Stream) -> Result<(), ProxyError>;
 
     /// Writes the client's response head for `resp` (interim or final) into
-    /// `out`; `close`: lbd closes the client connection after this exchange.
+    /// `out`; `close`: lbd closes the client connection after this exchange;
+    /// `set_cookie`: the sticky cookie to add to a final response.
     fn encode_head(
         &mut self,
         resp: &ResponseView<'_>,
         close: bool,
+        set_cookie: Option<SetCookie<'_>>,
         out: &mut Vec<u8>,
     ) -> ClientHead;
 
@@ -109,8 +115,10 @@ pub(crate) trait Downstream {
 }
 
 /// The request side's state while a response is awaited.
-struct Sent {
-    up: Upstream,
+struct Sent<'u> {
+    up: Upstream<'u>,
+    /// When the request went out (latency-aware groups only).
+    sent_at: Option<std::time::Instant>,
     /// The request bytes, kept for the one safe resend until a response
     /// arrives.
     obuf: Vec<u8>,
@@ -136,16 +144,17 @@ pub(crate) async fn forward<D: Downstream>(
 
 /// Acquires a backend and sends the request: head and buffered body bytes
 /// in one write, then the rest of the body.
-async fn send_request<D: Downstream>(
-    shard: &Shard,
+async fn send_request<'s, D: Downstream>(
+    shard: &'s Shard,
     down: &mut D,
     req: &Request,
     mut obuf: Vec<u8>,
-) -> Result<Sent, Failure> {
+) -> Result<Sent<'s>, Failure> {
     let limits = &shard.config.limits;
     let mut attempts = Attempts::new(shard.config.max_retries);
     let now = || shard.coarse_now();
-    let mut up = match acquire(&shard.upstreams, req.group, now, &mut attempts).await {
+    let aff = &req.affinity;
+    let mut up = match acquire(&shard.upstreams, req.group, aff, now, &mut attempts).await {
         Ok(u) => u,
         Err(e) => return Err(Failure::Respond(e, obuf)),
     };
@@ -157,12 +166,18 @@ async fn send_request<D: Downstream>(
         return Err(Failure::before_response(e, obuf));
     }
     let resendable = req.head.idempotent && body.is_done();
+    let sent_at = shard
+        .upstreams
+        .borrow()
+        .uses_latency(req.group)
+        .then(std::time::Instant::now);
     let len = obuf.len();
     let (res, ob) = up
         .stream
         .write_range(obuf, 0, len, limits.upstream_body_timeout)
         .await;
     let mut sent = Sent {
+        sent_at,
         obuf: ob,
         len,
         resendable,
@@ -175,7 +190,7 @@ async fn send_request<D: Downstream>(
         if !err.retryable(resendable) {
             return Err(Failure::Respond(err, sent.obuf));
         }
-        sent = resend(shard, req.group, sent).await?;
+        sent = resend(shard, req, sent).await?;
     }
     if !body.is_done() {
         if let Err(e) = down.stream_body(&mut body, &mut sent.up.stream).await {
@@ -191,16 +206,18 @@ fn count_request(shard: &Shard, backend: BackendId) {
 
 /// Sends the request in `sent.obuf` again, on the connection
 /// [`reacquire`] picks.
-async fn resend(shard: &Shard, group: usize, sent: Sent) -> Result<Sent, Failure> {
+async fn resend<'s>(shard: &'s Shard, req: &Request, sent: Sent<'s>) -> Result<Sent<'s>, Failure> {
     let Sent {
         up,
+        sent_at,
         obuf,
         len,
         resendable,
         mut attempts,
     } = sent;
     let now = || shard.coarse_now();
-    let mut up = match reacquire(&shard.upstreams, group, up, now, &mut attempts).await {
+    let (group, aff) = (req.group, &req.affinity);
+    let mut up = match reacquire(&shard.upstreams, group, aff, up, now, &mut attempts).await {
         Ok(u) => u,
         Err(e) => return Err(Failure::Respond(e, obuf)),
     };
@@ -210,6 +227,7 @@ async fn resend(shard: &Shard, group: usize, sent: Sent) -> Result<Sent, Failure
     match res {
         Ok(()) => Ok(Sent {
             up,
+            sent_at: sent_at.map(|_| std::time::Instant::now()),
             obuf,
             len,
             resendable,
@@ -226,12 +244,12 @@ async fn resend(shard: &Shard, group: usize, sent: Sent) -> Result<Sent, Failure
 /// upstream do not extend (a 1xx interim response, relayed, starts a new
 /// one). Returns the connection, the head, the client's framing, the bytes
 /// read past the head and the client head written into a buffer.
-async fn read_response_head<D: Downstream>(
-    shard: &Shard,
+async fn read_response_head<'s, D: Downstream>(
+    shard: &'s Shard,
     down: &mut D,
     req: &Request,
-    mut sent: Sent,
-) -> Result<(Upstream, ResponseHead, ClientHead, InBuf, Vec<u8>), Failure> {
+    mut sent: Sent<'s>,
+) -> Result<(Upstream<'s>, ResponseHead, ClientHead, InBuf, Vec<u8>), Failure> {
     let limits = &shard.config.limits;
     let mut ub = InBuf::new();
     let mut hbuf = buffer::take();
@@ -242,9 +260,19 @@ async fn read_response_head<D: Downstream>(
             // A drain that began while this request was in flight still
             // tells the client the connection closes.
             let close = req.close_client || shard.shutting_down();
-            let parsed = parse_response(ub.data(), req.head.is_head, |v| {
-                down.encode_head(v, close, &mut hbuf)
-            });
+            let parsed = {
+                let ups = shard.upstreams.borrow();
+                let set_cookie = ups
+                    .sticky_cookie(req.group, &req.affinity, sent.up.backend)
+                    .map(|(name, value, max_age)| SetCookie {
+                        name,
+                        value,
+                        max_age,
+                    });
+                parse_response(ub.data(), req.head.is_head, |v| {
+                    down.encode_head(v, close, set_cookie, &mut hbuf)
+                })
+            };
             match parsed {
                 Ok(Parsed::Complete((h, _))) if h.interim => {
                     ub.consume(h.head_len);
@@ -259,6 +287,8 @@ async fn read_response_head<D: Downstream>(
                     continue;
                 }
                 Ok(Parsed::Complete((h, client))) => {
+                    let latency = sent.sent_at.map_or(Duration::ZERO, |t| t.elapsed());
+                    sent.up.lease.responded(h.status, latency);
                     buffer::give(sent.obuf);
                     ub.consume(h.head_len);
                     return Ok((sent.up, h, client, ub, hbuf));
@@ -291,7 +321,7 @@ async fn read_response_head<D: Downstream>(
             // part of a head the upstream had already sent.
             ub.v.clear();
             ub.pos = 0;
-            sent = resend(shard, req.group, sent).await?;
+            sent = resend(shard, req, sent).await?;
             continue;
         }
         ub.release();
@@ -306,7 +336,7 @@ async fn read_response_head<D: Downstream>(
 async fn relay_response<D: Downstream>(
     shard: &Shard,
     down: &mut D,
-    mut up: Upstream,
+    mut up: Upstream<'_>,
     resp: ResponseHead,
     client: ClientHead,
     mut ub: InBuf,
@@ -371,7 +401,7 @@ async fn relay_response<D: Downstream>(
 async fn relay_body_step<D: Downstream>(
     shard: &Shard,
     down: &mut D,
-    up: &mut Upstream,
+    up: &mut Upstream<'_>,
     body: &mut Body,
     ub: &mut InBuf,
     dechunk: bool,

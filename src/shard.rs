@@ -22,7 +22,7 @@ use crate::health::HealthMap;
 use crate::idle::IdleTimers;
 use crate::metrics::{Reply, WorkerHistograms, WorkerMetrics};
 use crate::park::ParkingLot;
-use crate::route::Routes;
+use crate::route::{PathScratch, Routes};
 use crate::upstream::{Registry, Upstreams};
 
 /// State shared by every thread: written by the signal and checker threads,
@@ -61,6 +61,8 @@ pub(crate) struct WorkerLinks {
     pub(crate) scrape_tx: std::sync::mpsc::Sender<Reply>,
     /// The access log's format and channel, when configured.
     pub(crate) access: Option<(access_log::Format, access_log::WorkerLink)>,
+    /// Seeds this worker's random draws (random and p2c balancing).
+    pub(crate) seed: u64,
 }
 
 /// A worker's access-log state.
@@ -84,6 +86,8 @@ pub(crate) struct Finished {
     pub(crate) elapsed: Duration,
     /// The backend that answered, if any.
     pub(crate) upstream: Option<SocketAddr>,
+    /// (listener, route) that served it.
+    pub(crate) route: Option<(usize, usize)>,
 }
 
 /// Everything one worker's tasks share. Lives in an `Rc`: single-threaded.
@@ -95,6 +99,8 @@ pub(crate) struct Shard {
     pub(crate) upstreams: RefCell<Upstreams>,
     /// Per listener: where its requests go.
     pub(crate) routes: Vec<Routes>,
+    /// Scratch space for rewritten request paths.
+    pub(crate) scratch: RefCell<PathScratch>,
     /// Client connections currently open on this worker.
     pub(crate) active: Cell<usize>,
     /// Deadlines of idle client connections.
@@ -121,9 +127,11 @@ impl Shard {
             shared.registry.clone(),
             shared.health.clone(),
             links.metrics.clone(),
+            links.seed,
         );
         Shard {
             routes: config.listeners.iter().map(Routes::from_listener).collect(),
+            scratch: RefCell::default(),
             listener_tls: config
                 .listeners
                 .iter()
@@ -184,6 +192,7 @@ impl Shard {
             .connections_active
             .set(self.active.get() as u64);
         self.metrics.connections_parked.set(self.lot.len() as u64);
+        self.upstreams.borrow().publish();
     }
 
     /// This worker's TLS server config for `listener`, if it terminates TLS.
@@ -229,6 +238,7 @@ impl Shard {
             body_bytes: done.body_bytes,
             duration: done.elapsed,
             upstream: done.upstream,
+            route: done.route.and_then(|(l, r)| self.routes.get(l)?.name(r)),
         };
         a.log.push(&entry, std::time::SystemTime::now());
         if a.log.buf.len() >= access_log::FLUSH_BYTES {

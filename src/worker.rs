@@ -390,6 +390,7 @@ mod size_tests {
             dump_tx: dtx,
             scrape_tx: stx,
             access: None,
+            seed: 1,
         };
         let mut rt = RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()

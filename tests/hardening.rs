@@ -1024,7 +1024,7 @@ mod codec {
     use lbd::http::chunked::ChunkedDecoder;
     use lbd::http::request::{parse_request, HeadLimits, Parsed};
     use lbd::http::response::parse_response;
-    use lbd::http::rewrite::{write_client_head, ClientContext};
+    use lbd::http::rewrite::{write_client_head, ClientContext, ResponseExtras};
 
     const LIMITS: HeadLimits = HeadLimits {
         max_head_bytes: 32 * 1024,
@@ -1074,7 +1074,9 @@ mod codec {
             close_client: false,
         };
         let mut out = Vec::new();
-        let parsed = parse_response(&r, false, |v| write_client_head(v, ctx, &mut out));
+        let parsed = parse_response(&r, false, |v| {
+            write_client_head(v, ctx, &ResponseExtras::default(), &mut out)
+        });
         let Ok(Parsed::Complete((_, client))) = parsed else {
             panic!("head at the header limit refused");
         };

@@ -45,11 +45,7 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 
 fn fwd() -> Forwarding<'static> {
-    Forwarding {
-        client_ip: IpAddr::from([198, 51, 100, 4]),
-        default_host: b"backend:80",
-        host_override: None,
-    }
+    Forwarding::new(IpAddr::from([198, 51, 100, 4]), b"backend:80", None)
 }
 
 enum State {

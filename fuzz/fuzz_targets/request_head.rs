@@ -16,11 +16,7 @@ use lbd::http::rewrite::{write_upstream_head, Forwarding};
 use libfuzzer_sys::fuzz_target;
 
 fn fwd() -> Forwarding<'static> {
-    Forwarding {
-        client_ip: "192.0.2.7".parse().unwrap(),
-        default_host: b"backend:80",
-        host_override: None,
-    }
+    Forwarding::new("192.0.2.7".parse().unwrap(), b"backend:80", None)
 }
 
 /// Parses as lbd's HTTP/1 loop does: the head, then the upstream head

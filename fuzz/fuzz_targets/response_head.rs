@@ -11,7 +11,7 @@ use lbd::http::request::Parsed;
 use lbd::http::response::{
     parse_response, ResponseError, ResponseHead, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEAD_BYTES,
 };
-use lbd::http::rewrite::{write_client_head, ClientContext, ClientHead};
+use lbd::http::rewrite::{write_client_head, ClientContext, ClientHead, ResponseExtras};
 use libfuzzer_sys::fuzz_target;
 
 /// Parses as the proxy does: the neutral head, then the HTTP/1 client head
@@ -22,7 +22,7 @@ fn parse(
     ctx: ClientContext,
     out: &mut Vec<u8>,
 ) -> Result<Parsed<(ResponseHead, ClientHead)>, ResponseError> {
-    parse_response(buf, is_head, |v| write_client_head(v, ctx, out))
+    parse_response(buf, is_head, |v| write_client_head(v, ctx, &ResponseExtras::default(), out))
 }
 
 fuzz_target!(|data: &[u8]| {

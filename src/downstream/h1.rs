@@ -21,18 +21,22 @@ use monoio::time::Instant;
 
 use super::{End, DRAIN_IDLE_WINDOW};
 use crate::buffer::{self, InBuf};
+use crate::config::HeaderPair;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http;
 use crate::http::body::Body;
-use crate::http::request::{parse_request, HeadLimits, Parsed, RequestHead};
+use crate::http::request::{parse_request, HeadLimits, Parsed, RequestHead, RequestView};
 use crate::http::response::ResponseView;
 use crate::http::rewrite::{
-    write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding,
+    write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding, ResponseExtras,
+    SetCookie,
 };
 use crate::park::{ConnInfo, PARK_AFTER};
 use crate::proxy::{self, Downstream, Failure, Request};
+use crate::route::Route;
 use crate::shard::{Finished, Shard};
 use crate::stream::Stream;
+use crate::upstream::Affinity;
 
 /// Serves one client connection until it closes, errs, times out or parks.
 /// `info.served` is 0 for a new connection, or the count of a connection
@@ -175,6 +179,8 @@ async fn wait_idle(shard: &Shard, client: &mut Stream, info: &ConnInfo) -> Idle 
 /// A request whose head was read, parsed and routed.
 struct Prepared {
     req: Request,
+    /// Index of its route in the listener's routes.
+    route: usize,
     /// The upstream head.
     obuf: Vec<u8>,
     /// Its access-log fields, if logging.
@@ -199,17 +205,22 @@ async fn exchange(
     };
     let p = read_head(shard, client, &conn.info, cb, head_deadline).await?;
     let http10 = p.req.head.http10;
+    let routes = &shard.routes[conn.info.listener];
     let mut down = H1Exchange {
         shard,
         client: &mut *client,
         cb,
         http10,
+        add_response_headers: &routes.config(p.route).add_response_headers,
     };
     let result = proxy::forward(shard, &mut down, &p.req, p.obuf).await;
     let elapsed = p.started.elapsed();
     match result {
         Ok(done) => {
-            let upstream = Some(shard.upstreams.borrow().address(done.backend));
+            let upstream = p
+                .fields
+                .is_some()
+                .then(|| shard.upstreams.borrow().address(done.backend));
             let finished = Finished {
                 peer,
                 fields: p.fields,
@@ -217,6 +228,7 @@ async fn exchange(
                 body_bytes: done.body_bytes,
                 elapsed,
                 upstream,
+                route: Some((conn.info.listener, p.route)),
             };
             shard.finish(finished, true);
             Ok(!done.close_client)
@@ -237,6 +249,7 @@ async fn exchange(
                 body_bytes: 0,
                 elapsed,
                 upstream: None,
+                route: Some((conn.info.listener, p.route)),
             };
             shard.finish(finished, true);
             Err(())
@@ -267,7 +280,11 @@ async fn read_head(
         if !cb.is_empty() {
             obuf.clear();
             match prepare(shard, info, cb.data(), &mut obuf) {
-                Ok(Parsed::Complete((head, group))) => {
+                Ok(Parsed::Complete(Routed {
+                    head,
+                    route,
+                    affinity,
+                })) => {
                     let started = std::time::Instant::now();
                     let fields = shard.access_fields(&cb.data()[..head.head_len]);
                     cb.consume(head.head_len);
@@ -275,12 +292,14 @@ async fn read_head(
                         || info.served + 1 >= limits.keepalive_requests
                         || shard.shutting_down();
                     let req = Request {
-                        group,
+                        group: route.group,
+                        affinity,
                         head,
                         close_client,
                     };
                     return Ok(Prepared {
                         req,
+                        route: route.index,
                         obuf,
                         fields,
                         started,
@@ -319,36 +338,55 @@ async fn read_head(
     }
 }
 
+/// A parsed, routed request: its head, route and affinity.
+struct Routed {
+    head: RequestHead,
+    route: Route,
+    affinity: Affinity,
+}
+
 /// Parses the head at the start of `buf`, routes it and writes the upstream
-/// head into `obuf`. Returns the head and the upstream group.
+/// head (with the route's path and header rewrites) into `obuf`.
 fn prepare(
     shard: &Shard,
     info: &ConnInfo,
     buf: &[u8],
     obuf: &mut Vec<u8>,
-) -> Result<Parsed<(RequestHead, usize)>, ProxyError> {
+) -> Result<Parsed<Routed>, ProxyError> {
     let limits = &shard.config.limits;
     let hl = HeadLimits {
         max_head_bytes: limits.max_head_bytes,
         max_headers: limits.max_headers,
     };
     let routes = &shard.routes[info.listener];
+    let mut scratch = shard.scratch.borrow_mut();
     let parsed = parse_request(buf, hl, |v| {
-        let route = routes.select(v)?;
+        let Some((route, path)) = routes.select(v, &mut scratch)? else {
+            return Ok(None);
+        };
+        let rc = routes.config(route.index);
         let ups = shard.upstreams.borrow();
         let fwd = Forwarding {
             client_ip: info.peer.ip(),
             default_host: ups.default_host(route.group),
-            host_override: ups.host_override(route.group),
+            host_override: rc.set_host.as_deref().or(ups.host_override(route.group)),
+            remove: &rc.remove_request_headers,
+            add: &rc.add_request_headers,
         };
-        write_upstream_head(v, &fwd, obuf);
-        Some((v.head, route.group))
-    })
-    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e)))?;
-    match parsed {
+        write_upstream_head(&RequestView { path, ..*v }, &fwd, obuf);
+        let affinity = ups.affinity(route.group, info.peer.ip(), v);
+        Ok(Some(Routed {
+            head: v.head,
+            route,
+            affinity,
+        }))
+    });
+    let bad = |e| ProxyError::downstream(ErrorKind::BadRequest(e));
+    match parsed.map_err(bad)? {
         Parsed::Partial => Ok(Parsed::Partial),
-        Parsed::Complete(Some(x)) => Ok(Parsed::Complete(x)),
-        Parsed::Complete(None) => Err(ProxyError::downstream(ErrorKind::NoRoute)),
+        Parsed::Complete(Ok(Some(r))) => Ok(Parsed::Complete(r)),
+        Parsed::Complete(Ok(None)) => Err(ProxyError::downstream(ErrorKind::NoRoute)),
+        Parsed::Complete(Err(e)) => Err(bad(e)),
     }
 }
 
@@ -370,6 +408,7 @@ async fn reject(
         body_bytes: 0,
         elapsed: waited,
         upstream: None,
+        route: None,
     };
     shard.finish(finished, false);
     respond_error(shard, client, &err, buf).await;
@@ -394,6 +433,8 @@ struct H1Exchange<'a> {
     /// What the client sent after the request head.
     cb: &'a mut InBuf,
     http10: bool,
+    /// The route's `add_response_headers`.
+    add_response_headers: &'a [HeaderPair],
 }
 
 fn client_io(e: io::Error) -> ProxyError {
@@ -460,13 +501,18 @@ impl Downstream for H1Exchange<'_> {
         &mut self,
         resp: &ResponseView<'_>,
         close: bool,
+        set_cookie: Option<SetCookie<'_>>,
         out: &mut Vec<u8>,
     ) -> ClientHead {
         let ctx = ClientContext {
             http10: self.http10,
             close_client: close,
         };
-        write_client_head(resp, ctx, out)
+        let extras = ResponseExtras {
+            headers: self.add_response_headers,
+            set_cookie,
+        };
+        write_client_head(resp, ctx, &extras, out)
     }
 
     async fn write(

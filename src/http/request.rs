@@ -355,11 +355,7 @@ mod tests {
     };
 
     fn fwd() -> Forwarding<'static> {
-        Forwarding {
-            client_ip: "10.0.0.9".parse().unwrap(),
-            default_host: b"backend:80",
-            host_override: None,
-        }
+        Forwarding::new("10.0.0.9".parse().unwrap(), b"backend:80", None)
     }
 
     fn parse(input: &[u8]) -> Result<(RequestHead, String), RequestError> {

@@ -16,6 +16,9 @@ use super::request::RequestView;
 use super::response::ResponseView;
 use super::{is_hop_by_hop, named_by_connection, push_header, push_u64, trim_ows, Framing};
 
+/// A header lbd adds: name and value.
+pub type Header = (Vec<u8>, Vec<u8>);
+
 /// What the upstream head needs besides the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
@@ -23,8 +26,26 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     /// Host to send when the client sent none (HTTP/1.0).
     pub default_host: &'a [u8],
-    /// Host to send instead of the client's (the group's `host`).
+    /// Host to send instead of the client's (a route's `set_host`, else the
+    /// group's `host`).
     pub host_override: Option<&'a [u8]>,
+    /// Client headers not to forward (lowercase names).
+    pub remove: &'a [Vec<u8>],
+    /// Headers to add after the client's.
+    pub add: &'a [Header],
+}
+
+impl<'a> Forwarding<'a> {
+    /// Forwarding with nothing removed or added.
+    pub fn new(client_ip: IpAddr, default_host: &'a [u8], host_override: Option<&'a [u8]>) -> Self {
+        Forwarding {
+            client_ip,
+            default_host,
+            host_override,
+            remove: &[],
+            add: &[],
+        }
+    }
 }
 
 /// Writes the HTTP/1.1 head lbd sends upstream for `req` (appending to
@@ -58,20 +79,21 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
             }
             continue;
         }
-        if named_by_connection(req.headers, name) {
+        if named_by_connection(req.headers, name)
+            || fwd.remove.iter().any(|r| name.eq_ignore_ascii_case(r))
+        {
             continue;
         }
         push_header(out, name, h.value);
+    }
+    for (name, value) in fwd.add {
+        push_header(out, name, value);
     }
     if !xff_written {
         write_xff(out, &[], fwd.client_ip);
     }
     match req.head.framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Framing::Length(n) => write_content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {
             // A body-less request that announced `Content-Length: 0` keeps it:
@@ -133,12 +155,33 @@ pub struct ClientHead {
     pub close_client: bool,
 }
 
+/// A `Set-Cookie` for sticky sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SetCookie<'a> {
+    /// Cookie name.
+    pub name: &'a [u8],
+    /// Its value (a stable backend id).
+    pub value: [u8; 16],
+    /// `Max-Age` in seconds; `None` for a session cookie.
+    pub max_age: Option<u64>,
+}
+
+/// What lbd adds to a final response head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseExtras<'a> {
+    /// A route's `add_response_headers`.
+    pub headers: &'a [Header],
+    /// The sticky cookie to set, if any.
+    pub set_cookie: Option<SetCookie<'a>>,
+}
+
 /// Writes the HTTP/1 response head a client gets for `resp` (appending to
-/// `out`). An interim (1xx) head goes to HTTP/1.1 clients only (RFC 9110
-/// §15.2): for HTTP/1.0 nothing is written.
+/// `out`), with `extras` on a final response. An interim (1xx) head goes to
+/// HTTP/1.1 clients only (RFC 9110 §15.2): for HTTP/1.0 nothing is written.
 pub fn write_client_head(
     resp: &ResponseView<'_>,
     ctx: ClientContext,
+    extras: &ResponseExtras<'_>,
     out: &mut Vec<u8>,
 ) -> ClientHead {
     let h = &resp.head;
@@ -162,6 +205,7 @@ pub fn write_client_head(
         }
         push_header(out, name, hd.value);
     }
+    write_extras(out, extras);
     match h.framing {
         Framing::Chunked if !dechunk => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Length(n) => write_content_length(out, n),
@@ -180,6 +224,24 @@ pub fn write_client_head(
     ClientHead {
         dechunk,
         close_client,
+    }
+}
+
+fn write_extras(out: &mut Vec<u8>, extras: &ResponseExtras<'_>) {
+    for (name, value) in extras.headers {
+        push_header(out, name, value);
+    }
+    if let Some(c) = &extras.set_cookie {
+        out.extend_from_slice(b"Set-Cookie: ");
+        out.extend_from_slice(c.name);
+        out.push(b'=');
+        out.extend_from_slice(&c.value);
+        out.extend_from_slice(b"; Path=/; HttpOnly");
+        if let Some(age) = c.max_age {
+            out.extend_from_slice(b"; Max-Age=");
+            push_u64(out, age);
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -233,7 +295,9 @@ mod tests {
             http10: ctx.http10,
             close_client: ctx.close_client,
         };
-        match parse_response(input, ctx.is_head, |v| write_client_head(v, cctx, &mut out))? {
+        match parse_response(input, ctx.is_head, |v| {
+            write_client_head(v, cctx, &ResponseExtras::default(), &mut out)
+        })? {
             Parsed::Complete((h, c)) => Ok((
                 Head {
                     framing: h.framing,

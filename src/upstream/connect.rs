@@ -20,18 +20,55 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use monoio::time::timeout;
 
-use super::{BackendId, Upstreams};
+use super::{Affinity, BackendId, Outcome, Upstreams};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::stream::Stream;
 
 /// An upstream connection in use.
-pub(crate) struct Upstream {
+pub(crate) struct Upstream<'u> {
     /// The connection.
     pub(crate) stream: Stream,
     /// Where it goes.
     pub(crate) backend: BackendId,
     /// It came from the pool.
     pub(crate) reused: bool,
+    /// The request counts as in flight to `backend` while this lives.
+    pub(crate) lease: Lease<'u>,
+}
+
+/// A request in flight to a backend: counted from [`acquire`] until dropped,
+/// when its outcome (failure unless [`Lease::responded`] said otherwise)
+/// goes to the balancer's per-backend state.
+pub(crate) struct Lease<'u> {
+    ups: &'u RefCell<Upstreams>,
+    id: BackendId,
+    outcome: Outcome,
+}
+
+impl<'u> Lease<'u> {
+    fn new(ups: &'u RefCell<Upstreams>, id: BackendId) -> Self {
+        ups.borrow_mut().start(id);
+        Lease {
+            ups,
+            id,
+            outcome: Outcome::Failed,
+        }
+    }
+
+    /// The backend answered with `status` after `latency`.
+    pub(crate) fn responded(&mut self, status: u16, latency: Duration) {
+        self.outcome = Outcome::Response { status, latency };
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        // Never borrowed across an await, so never borrowed here; if it
+        // were, losing one count beats a panic.
+        if let Ok(mut u) = self.ups.try_borrow_mut() {
+            u.finish(self.id, self.outcome);
+        }
+    }
 }
 
 /// A request's connection attempts, across backends and resends.
@@ -59,31 +96,35 @@ impl Attempts {
 
 /// Connects to the next eligible backend of `group` (see the module doc).
 /// `now` reads the worker's coarse clock (pool idle times).
-pub(crate) async fn acquire(
-    ups: &RefCell<Upstreams>,
+pub(crate) async fn acquire<'u>(
+    ups: &'u RefCell<Upstreams>,
     group: usize,
+    aff: &Affinity,
     now: impl Fn() -> Instant,
     attempts: &mut Attempts,
-) -> Result<Upstream, ProxyError> {
+) -> Result<Upstream<'u>, ProxyError> {
     let mut last: Option<ProxyError> = None;
     while attempts.left() {
-        let Some(backend) = ups.borrow_mut().select(group) else {
+        let Some(backend) = ups.borrow_mut().select(group, aff, now()) else {
             break;
         };
         attempts.count();
-        if let Some(up) = checkout(ups, backend, now()) {
-            return Ok(up);
-        }
+        let lease = Lease::new(ups, backend);
+        let lease = match checkout(ups, backend, now(), lease) {
+            Ok(up) => return Ok(up),
+            Err(lease) => lease,
+        };
         let addr = ups.borrow().address(backend);
         log::debug!("upstream peer is {addr}");
         match connect(ups, group, backend).await {
-            Ok(stream) => return Ok(opened(ups, stream, backend)),
+            Ok(stream) => return Ok(opened(ups, stream, backend, lease)),
             Err(e) if e.side == Side::Internal => {
                 log::error!("cannot connect to upstream {addr}: {}", e.kind);
                 return Err(e);
             }
             Err(e) => {
                 log::warn!("connect to upstream {addr} failed: {}", e.kind);
+                drop(lease);
                 let mut u = ups.borrow_mut();
                 u.mark_down(backend);
                 u.metrics.backend(backend.index()).connect_errors.inc();
@@ -98,30 +139,36 @@ pub(crate) async fn acquire(
 
 /// Where a sent request that got no response byte goes again (see the
 /// module doc). `old` is dropped (closed) first.
-pub(crate) async fn reacquire(
-    ups: &RefCell<Upstreams>,
+pub(crate) async fn reacquire<'u>(
+    ups: &'u RefCell<Upstreams>,
     group: usize,
-    old: Upstream,
+    aff: &Affinity,
+    old: Upstream<'u>,
     now: impl Fn() -> Instant,
     attempts: &mut Attempts,
-) -> Result<Upstream, ProxyError> {
+) -> Result<Upstream<'u>, ProxyError> {
     let Upstream {
-        backend, reused, ..
+        stream,
+        backend,
+        reused,
+        lease,
     } = old;
+    drop(stream);
     let addr = ups.borrow().address(backend);
     if reused {
         log::debug!("pooled connection to {addr} was closed; resending on a new one");
         attempts.count();
         match connect(ups, group, backend).await {
-            Ok(stream) => return Ok(opened(ups, stream, backend)),
+            Ok(stream) => return Ok(opened(ups, stream, backend, lease)),
             Err(e) => log::warn!("connect to upstream {addr} failed: {}", e.kind),
         }
     }
+    drop(lease);
     log::warn!(
         "upstream {addr} failed before responding; retrying the idempotent request on the next backend"
     );
     ups.borrow_mut().mark_down(backend);
-    acquire(ups, group, now, attempts).await.map_err(|e| {
+    acquire(ups, group, aff, now, attempts).await.map_err(|e| {
         // Nothing left to try: report the original failure.
         if matches!(e.kind, ErrorKind::NoUpstream) {
             ProxyError::upstream(ErrorKind::UpstreamClosed)
@@ -131,18 +178,32 @@ pub(crate) async fn reacquire(
     })
 }
 
-fn checkout(ups: &RefCell<Upstreams>, backend: BackendId, now: Instant) -> Option<Upstream> {
+/// A pooled connection to `backend`, or the lease back.
+fn checkout<'u>(
+    ups: &RefCell<Upstreams>,
+    backend: BackendId,
+    now: Instant,
+    lease: Lease<'u>,
+) -> Result<Upstream<'u>, Lease<'u>> {
     let mut u = ups.borrow_mut();
-    let stream = u.checkout(backend, now)?;
+    let Some(stream) = u.checkout(backend, now) else {
+        return Err(lease);
+    };
     u.metrics.backend(backend.index()).pool_reuse.inc();
-    Some(Upstream {
+    Ok(Upstream {
         stream,
         backend,
         reused: true,
+        lease,
     })
 }
 
-fn opened(ups: &RefCell<Upstreams>, stream: Stream, backend: BackendId) -> Upstream {
+fn opened<'u>(
+    ups: &RefCell<Upstreams>,
+    stream: Stream,
+    backend: BackendId,
+    lease: Lease<'u>,
+) -> Upstream<'u> {
     ups.borrow()
         .metrics
         .backend(backend.index())
@@ -152,6 +213,7 @@ fn opened(ups: &RefCell<Upstreams>, stream: Stream, backend: BackendId) -> Upstr
         stream,
         backend,
         reused: false,
+        lease,
     }
 }
 

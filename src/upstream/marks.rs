@@ -8,6 +8,7 @@
 //! after every passing check) and holds until a newer check passes; for a
 //! group without active checks it lapses after one second.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::{BackendId, Registry};
@@ -20,7 +21,9 @@ const UNCHECKED_MARK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct PassiveMarks {
     /// Per backend: `Some((generation seen, expiry))` while marked down.
-    marks: Vec<Option<(u64, Instant)>>,
+    /// Cells, so that eligibility can be asked through a shared borrow in
+    /// the middle of a pick (a lapsed mark is cleared on the way).
+    marks: Vec<Cell<Option<(u64, Instant)>>>,
     /// Whether the backend's group has active checks.
     checked: Vec<bool>,
 }
@@ -34,29 +37,32 @@ impl PassiveMarks {
             .map(|b| registry.groups()[b.group].checked)
             .collect();
         PassiveMarks {
-            marks: vec![None; checked.len()],
+            marks: (0..checked.len()).map(|_| Cell::new(None)).collect(),
             checked,
         }
     }
 
     /// Marks `id` down after a failed connect.
     pub(crate) fn mark(&mut self, id: BackendId, map: &HealthMap) {
-        if let Some(m) = self.marks.get_mut(id.index()) {
-            *m = Some((map.generation(id.index()), Instant::now() + UNCHECKED_MARK));
+        if let Some(m) = self.marks.get(id.index()) {
+            m.set(Some((
+                map.generation(id.index()),
+                Instant::now() + UNCHECKED_MARK,
+            )));
         }
     }
 
     /// True if `id` is eligible: up in the map and not passively marked.
     /// Only reads the clock when a mark exists.
-    pub(crate) fn eligible(&mut self, id: BackendId, map: &HealthMap) -> bool {
+    pub(crate) fn eligible(&self, id: BackendId, map: &HealthMap) -> bool {
         let i = id.index();
         if !map.is_up(i) {
             return false;
         }
-        let Some(slot) = self.marks.get_mut(i) else {
+        let Some(slot) = self.marks.get(i) else {
             return false;
         };
-        let Some((gen, expiry)) = *slot else {
+        let Some((gen, expiry)) = slot.get() else {
             return true;
         };
         let lapsed = if self.checked.get(i).copied().unwrap_or(false) {
@@ -65,7 +71,7 @@ impl PassiveMarks {
             Instant::now() >= expiry
         };
         if lapsed {
-            *slot = None;
+            slot.set(None);
         }
         lapsed
     }

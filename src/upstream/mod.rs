@@ -22,12 +22,13 @@ pub(crate) mod marks;
 pub(crate) mod pool;
 pub(crate) mod select;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
 use crate::health::{CheckGroup, HealthMap};
+use crate::http::request::RequestView;
 use crate::metrics::WorkerMetrics;
 use crate::stream::Stream;
 
@@ -155,13 +156,59 @@ pub(crate) type ClientTls = (
     rustls::pki_types::ServerName<'static>,
 );
 
+/// What a request contributes to the pick of its backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Affinity {
+    /// Its key hash (`balance: hash`), if it has the key.
+    pub(crate) hash: Option<u32>,
+    /// The backend its sticky cookie names, if valid for this group.
+    pub(crate) sticky: Option<BackendId>,
+}
+
+/// How a request to a backend ended, for latency-aware balancing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// A response head came back after `latency` (from the request sent).
+    Response {
+        /// Its status.
+        status: u16,
+        /// Request written to response head parsed.
+        latency: Duration,
+    },
+    /// The backend failed (or the exchange was cut).
+    Failed,
+}
+
+/// Sticky sessions of one group.
+struct Sticky {
+    cookie: Vec<u8>,
+    ttl_s: Option<u64>,
+    /// By member index.
+    ids: Vec<select::sticky::StickyId>,
+}
+
 /// One worker's state for one group.
 struct GroupState {
-    cursor: select::RoundRobin,
+    selector: select::Selector,
     tls: Option<ClientTls>,
     host_override: Option<Vec<u8>>,
     default_host: Vec<u8>,
+    hash_key: Option<select::hash_key::HashKey>,
+    sticky: Option<Sticky>,
+    slow_start_us: Option<u64>,
+    panic_percent: Option<u32>,
 }
+
+/// One worker's state for one backend, by id: kept as long as the backend
+/// is in the registry, whatever else changes.
+#[derive(Debug, Clone)]
+struct BackendState {
+    inflight: u32,
+    ewma: select::ewma::Ewma,
+}
+
+/// PeakEWMA's starting estimate before any sample (1 ms).
+const DEFAULT_RTT_US: u64 = 1_000;
 
 /// One worker's view of the registry. Single-threaded: lives in the worker's
 /// shard, borrowed briefly (never across an await).
@@ -169,6 +216,7 @@ pub(crate) struct Upstreams {
     registry: Arc<Registry>,
     health: Arc<HealthMap>,
     groups: Vec<GroupState>,
+    backends: Vec<BackendState>,
     marks: marks::PassiveMarks,
     pool: pool::Pool,
     /// This worker's counters, for per-backend counts.
@@ -178,32 +226,26 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    /// A worker's state over `registry`, with its own TLS configs.
+    /// A worker's state over `registry`, with its own TLS configs; `seed`
+    /// differs per worker (random and p2c draws).
     pub(crate) fn new(
         config: &Config,
         registry: Arc<Registry>,
         health: Arc<HealthMap>,
         metrics: Arc<WorkerMetrics>,
+        seed: u64,
     ) -> Self {
         let groups = registry
             .groups
             .iter()
             .zip(&config.upstreams)
-            .map(|(g, up)| GroupState {
-                cursor: select::RoundRobin::new(
-                    g.members.iter().map(|&id| registry.backend(id).weight),
-                ),
-                tls: up.tls.as_ref().and_then(crate::tls::client_config),
-                host_override: up.host.as_ref().map(|h| h.as_bytes().to_vec()),
-                // A request without Host gets the group's first backend, as
-                // nginx sends its `proxy_pass` host.
-                default_host: g
-                    .members
-                    .first()
-                    .map(|&id| registry.backend(id).address.to_string().into_bytes())
-                    .unwrap_or_default(),
-            })
+            .enumerate()
+            .map(|(gi, (g, up))| group_state(&registry, g, up, seed ^ (gi as u64) << 32))
             .collect();
+        let backend = BackendState {
+            inflight: 0,
+            ewma: select::ewma::Ewma::new(DEFAULT_RTT_US),
+        };
         Upstreams {
             marks: marks::PassiveMarks::new(&registry),
             pool: pool::Pool::new(
@@ -211,6 +253,7 @@ impl Upstreams {
                 config.upstream_keepalive_pool_size,
                 config.limits.upstream_idle_timeout,
             ),
+            backends: vec![backend; registry.len()],
             registry,
             health,
             groups,
@@ -219,16 +262,154 @@ impl Upstreams {
         }
     }
 
-    /// Picks the next eligible backend of `group`: up in the health map and
-    /// not passively marked down by this worker.
-    pub(crate) fn select(&mut self, group: usize) -> Option<BackendId> {
-        let g = self.groups.get_mut(group)?;
-        let members = &self.registry.groups.get(group)?.members;
-        let health = &*self.health;
-        let marks = &mut self.marks;
-        g.cursor
-            .next(|i| marks.eligible(members[i], health))
+    /// Picks an eligible backend of `group` for a request with `aff` (see
+    /// [`select`]): up in the health map and not passively marked down by
+    /// this worker, unless the group is in panic mode. `now`: the coarse
+    /// clock (slow start, cost decay).
+    pub(crate) fn select(
+        &mut self,
+        group: usize,
+        aff: &Affinity,
+        now: Instant,
+    ) -> Option<BackendId> {
+        let Upstreams {
+            registry,
+            health,
+            groups,
+            backends,
+            marks,
+            ..
+        } = self;
+        let g = groups.get_mut(group)?;
+        let members = &registry.groups.get(group)?.members;
+        let health = &**health;
+        let up = |id: BackendId| marks.eligible(id, health);
+        // Envoy's panic mode: too few eligible, so all are.
+        let panic = g.panic_percent.is_some_and(|p| {
+            let n = members.iter().filter(|&&id| up(id)).count();
+            n * 100 < p as usize * members.len()
+        });
+        let uses_latency = g.selector.uses_latency();
+        let ramp = g.slow_start_us;
+        // Only slow start and cost decay need the time.
+        let now_us = if ramp.is_some() || uses_latency {
+            health.micros(now)
+        } else {
+            0
+        };
+        let member = |i: usize| {
+            let id = members[i];
+            let b = &backends[id.index()];
+            let weight = (panic || up(id)).then(|| {
+                let w = registry.backend(id).weight;
+                match ramp {
+                    Some(window) => select::slow_start::effective_weight(
+                        w,
+                        health.up_since_us(id.index()),
+                        now_us,
+                        window,
+                    ),
+                    None => w,
+                }
+            });
+            let cost = match weight {
+                Some(w) if uses_latency => b.ewma.cost(now_us, b.inflight, w),
+                _ => 0,
+            };
+            select::Member {
+                weight,
+                inflight: b.inflight,
+                cost,
+            }
+        };
+        if let Some(s) = aff.sticky {
+            if let Some(i) = members.iter().position(|&m| m == s) {
+                if member(i).weight.is_some() {
+                    return Some(s);
+                }
+            }
+        }
+        g.selector
+            .pick(members.len(), member, aff.hash)
             .map(|i| members[i])
+    }
+
+    /// What `req` contributes to its pick in `group`.
+    pub(crate) fn affinity(&self, group: usize, client: IpAddr, req: &RequestView<'_>) -> Affinity {
+        let Some(g) = self.groups.get(group) else {
+            return Affinity::default();
+        };
+        let headers = || req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+        let hash = g
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.hash(client, req.path, headers()));
+        let sticky = g.sticky.as_ref().and_then(|s| {
+            let value = select::sticky::find_cookie(headers(), &s.cookie)?;
+            let i = select::sticky::find_backend(&s.ids, value)?;
+            Some(self.registry.groups[group].members[i])
+        });
+        Affinity { hash, sticky }
+    }
+
+    /// The sticky cookie to set on a response from `backend` for a request
+    /// with `aff`: `(name, value, max_age)`, when the group is sticky and the
+    /// request's cookie did not already name this backend.
+    pub(crate) fn sticky_cookie(
+        &self,
+        group: usize,
+        aff: &Affinity,
+        backend: BackendId,
+    ) -> Option<(&[u8], [u8; 16], Option<u64>)> {
+        let s = self.groups.get(group)?.sticky.as_ref()?;
+        if aff.sticky == Some(backend) {
+            return None;
+        }
+        let members = &self.registry.groups.get(group)?.members;
+        let i = members.iter().position(|&m| m == backend)?;
+        Some((&s.cookie, s.ids[i].to_hex(), s.ttl_s))
+    }
+
+    /// True if `group`'s balancing learns from response latency.
+    pub(crate) fn uses_latency(&self, group: usize) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.selector.uses_latency())
+    }
+
+    /// A request to `id` begins (it counts as in flight until [`Self::finish`]).
+    pub(crate) fn start(&mut self, id: BackendId) {
+        if let Some(b) = self.backends.get_mut(id.index()) {
+            b.inflight += 1;
+        }
+    }
+
+    /// A request to `id` ended with `outcome`: failures and 5xx count as a
+    /// slow response, so a fast-failing backend does not look fast.
+    pub(crate) fn finish(&mut self, id: BackendId, outcome: Outcome) {
+        let group = self.registry.backend(id).group;
+        let learns = self.uses_latency(group);
+        let Some(b) = self.backends.get_mut(id.index()) else {
+            return;
+        };
+        b.inflight = b.inflight.saturating_sub(1);
+        if !learns {
+            return;
+        }
+        let now_us = self.health.micros(Instant::now());
+        match outcome {
+            Outcome::Response { status, latency } if status < 500 => {
+                b.ewma.observe(now_us, latency.as_micros() as u64)
+            }
+            _ => b.ewma.penalize(now_us),
+        }
+    }
+
+    /// Publishes this worker's in-flight counts (housekeeping tick).
+    pub(crate) fn publish(&self) {
+        for (i, b) in self.backends.iter().enumerate() {
+            self.metrics.backend(i).inflight.set(u64::from(b.inflight));
+        }
     }
 
     /// Marks `id` down on this worker after a failed connect (passive
@@ -279,5 +460,41 @@ impl Upstreams {
     /// Closes every idle connection (drain).
     pub(crate) fn close_idle(&mut self) {
         self.pool.clear();
+    }
+}
+
+/// A worker's state for group `g` (configured as `up`).
+fn group_state(registry: &Registry, g: &Group, up: &UpstreamConfig, seed: u64) -> GroupState {
+    let b = &up.balance;
+    let names: Vec<(&str, u32)> = g
+        .members
+        .iter()
+        .map(|&id| {
+            let m = registry.backend(id);
+            (m.name.as_str(), m.weight)
+        })
+        .collect();
+    GroupState {
+        selector: select::Selector::new(b.balance, &names, b.hash_balance_factor, seed),
+        tls: up.tls.as_ref().and_then(crate::tls::client_config),
+        host_override: up.host.as_ref().map(|h| h.as_bytes().to_vec()),
+        // A request without Host gets the group's first backend, as
+        // nginx sends its `proxy_pass` host.
+        default_host: g
+            .members
+            .first()
+            .map(|&id| registry.backend(id).address.to_string().into_bytes())
+            .unwrap_or_default(),
+        hash_key: b.hash_key.clone(),
+        sticky: b.sticky.as_ref().map(|s| Sticky {
+            cookie: s.cookie.as_bytes().to_vec(),
+            ttl_s: s.ttl_s,
+            ids: names
+                .iter()
+                .map(|&(name, _)| select::sticky::StickyId::new(&g.name, name))
+                .collect(),
+        }),
+        slow_start_us: b.slow_start.map(|d| d.as_micros() as u64),
+        panic_percent: b.panic_threshold_percent,
     }
 }
