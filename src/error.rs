@@ -35,6 +35,10 @@ pub enum ErrorKind {
     /// No route of the listener matches the request.
     #[error("no route matches the request")]
     NoRoute,
+    /// On a TLS listener, the request's Host names another certificate than
+    /// the one the connection was set up with (SNI).
+    #[error("Host names another certificate than the connection's SNI")]
+    Misdirected,
     /// The client was too slow sending its head or body.
     #[error("client timed out")]
     ClientTimeout,
@@ -174,6 +178,7 @@ impl ProxyError {
             ErrorKind::BadRequest(e) => e.status(),
             ErrorKind::BadRequestBody(_) => 400,
             ErrorKind::NoRoute => 404,
+            ErrorKind::Misdirected => 421,
             ErrorKind::ClientTimeout => 408,
             ErrorKind::ClientIo(_) => return None,
             ErrorKind::ConnectFailed(_)

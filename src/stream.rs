@@ -215,6 +215,17 @@ impl Stream {
         }
     }
 
+    /// The server name a TLS client sent in SNI (server side only).
+    pub fn server_name(&self) -> Option<&str> {
+        match self {
+            Stream::Tls(t) => match &t.conn {
+                Connection::Server(s) => s.server_name(),
+                Connection::Client(_) => None,
+            },
+            Stream::Plain(_) => None,
+        }
+    }
+
     /// True if bytes arrived that nobody asked for (a TLS record decrypted
     /// past the end of a response): such a connection is not reusable.
     pub fn has_pending(&mut self) -> bool {

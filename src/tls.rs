@@ -218,6 +218,29 @@ pub fn load_upstream(group: &str, t: &UpstreamTls) -> Result<TlsMaterial, TlsErr
     })
 }
 
+/// Which certificate a listener's SNI resolver picks for `name` (exact,
+/// case-insensitive, else the default), as an identity to compare: two
+/// names pick the same certificate exactly when these are equal.
+pub fn certificate_for(m: &TlsMaterial, name: Option<&[u8]>) -> usize {
+    let TlsMaterial::Server { default, by_name } = m else {
+        return 0;
+    };
+    let ck = name
+        .and_then(|n| {
+            by_name
+                .iter()
+                .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(n))
+        })
+        .map_or(default, |(_, ck)| ck);
+    Arc::as_ptr(ck) as usize
+}
+
+/// True when the listener has certificates chosen by SNI (so a request
+/// can name another certificate than its connection's).
+pub fn has_sni_certificates(m: &TlsMaterial) -> bool {
+    matches!(m, TlsMaterial::Server { by_name, .. } if !by_name.is_empty())
+}
+
 /// Builds a worker's own server config.
 pub fn server_config(m: &TlsMaterial) -> Option<Arc<ServerConfig>> {
     let TlsMaterial::Server { default, by_name } = m else {

@@ -249,6 +249,11 @@ fn wrong_sni_name_fails_verification() {
 
 /// Connects to lbd's TLS listener with verification against `ca` for `sni`.
 fn tls_get(port: u16, ca: &Path, sni: &str) -> Result<(u16, String), String> {
+    tls_get_host(port, ca, sni, sni)
+}
+
+/// [`tls_get`] with a Host header other than the SNI name.
+fn tls_get_host(port: u16, ca: &Path, sni: &str, host: &str) -> Result<(u16, String), String> {
     let conn = rustls::ClientConnection::new(
         client_config(ca),
         ServerName::try_from(sni.to_string()).unwrap(),
@@ -257,7 +262,7 @@ fn tls_get(port: u16, ca: &Path, sni: &str) -> Result<(u16, String), String> {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, s);
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n").as_bytes())
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let alpn = tls.conn.alpn_protocol().map(|a| a.to_vec());
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
@@ -299,6 +304,24 @@ fn tls_listener_verifies_and_picks_certificate_by_sni() {
     // A client that does not trust this CA refuses the server.
     let other = Ca::new(&dir, "stranger");
     assert!(tls_get(port, &other.ca_file(), "lb.test").is_err());
+    // A Host that names another certificate than the SNI the connection
+    // was set up with is misdirected (421), and never reaches the origin;
+    // case and port do not matter, and a name no certificate is chosen
+    // for keeps the default one.
+    let before = origin.requests();
+    let (status, _) = tls_get_host(port, &ca_file, "lb.test", "other.test").unwrap();
+    assert_eq!(status, 421);
+    assert_eq!(
+        origin.requests(),
+        before,
+        "a misdirected request reached the origin"
+    );
+    let (status, _) = tls_get_host(port, &ca_file, "other.test", "lb.test:443").unwrap();
+    assert_eq!(status, 421);
+    let ok = tls_get_host(port, &ca_file, "other.test", "OTHER.test:443").unwrap();
+    assert_eq!(ok.0, 200);
+    let ok = tls_get_host(port, &ca_file, "lb.test", "unknown.test").unwrap();
+    assert_eq!(ok.0, 200);
 }
 
 #[test]

@@ -25,7 +25,9 @@ use crate::config::HeaderPair;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http;
 use crate::http::body::Body;
-use crate::http::request::{parse_request, HeadLimits, Parsed, RequestHead, RequestView};
+use crate::http::request::{
+    parse_request, HeadLimits, Parsed, RequestError, RequestHead, RequestView,
+};
 use crate::http::response::ResponseView;
 use crate::http::rewrite::{
     write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding, ResponseExtras,
@@ -61,7 +63,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, info: ConnInfo) -> E
             }
         },
     };
+    let sni_cert = shard.config.listeners.get(info.listener).and_then(|l| {
+        let (m, _) = l.tls.as_ref()?;
+        crate::tls::has_sni_certificates(m)
+            .then(|| crate::tls::certificate_for(m, client.server_name().map(str::as_bytes)))
+    });
     let mut conn = Conn {
+        sni_cert,
         info,
         // The first request's head must be complete within `header_timeout`
         // of the connection being accepted (idle wait included); later
@@ -107,6 +115,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, info: ConnInfo) -> E
 struct Conn {
     info: ConnInfo,
     first_deadline: Instant,
+    /// On a TLS listener with SNI certificates: the certificate the
+    /// handshake chose (see [`crate::tls::certificate_for`]).
+    sni_cert: Option<usize>,
 }
 
 /// How an idle wait ended.
@@ -203,7 +214,7 @@ async fn exchange(
     } else {
         Instant::from_std(shard.coarse_now()) + limits.header_timeout
     };
-    let p = read_head(shard, client, &conn.info, cb, head_deadline).await?;
+    let p = read_head(shard, client, conn, cb, head_deadline).await?;
     let http10 = p.req.head.http10;
     let routes = &shard.routes[conn.info.listener];
     let mut down = H1Exchange {
@@ -270,16 +281,17 @@ async fn exchange(
 async fn read_head(
     shard: &Shard,
     client: &mut Stream,
-    info: &ConnInfo,
+    conn: &Conn,
     cb: &mut InBuf,
     deadline: Instant,
 ) -> Result<Prepared, ()> {
     let limits = &shard.config.limits;
+    let info = &conn.info;
     let mut obuf = buffer::take();
     loop {
         if !cb.is_empty() {
             obuf.clear();
-            match prepare(shard, info, cb.data(), &mut obuf) {
+            match prepare(shard, conn, cb.data(), &mut obuf) {
                 Ok(Parsed::Complete(Routed {
                     head,
                     route,
@@ -349,10 +361,11 @@ struct Routed {
 /// head (with the route's path and header rewrites) into `obuf`.
 fn prepare(
     shard: &Shard,
-    info: &ConnInfo,
+    conn: &Conn,
     buf: &[u8],
     obuf: &mut Vec<u8>,
 ) -> Result<Parsed<Routed>, ProxyError> {
+    let info = &conn.info;
     let limits = &shard.config.limits;
     let hl = HeadLimits {
         max_head_bytes: limits.max_head_bytes,
@@ -361,8 +374,11 @@ fn prepare(
     let routes = &shard.routes[info.listener];
     let mut scratch = shard.scratch.borrow_mut();
     let parsed = parse_request(buf, hl, |v| {
+        if misdirected(shard, conn, v) {
+            return Err(Reject::Misdirected);
+        }
         let Some((route, path)) = routes.select(v, &mut scratch)? else {
-            return Ok(None);
+            return Err(Reject::NoRoute);
         };
         let rc = routes.config(route.index);
         let ups = shard.upstreams.borrow();
@@ -375,19 +391,55 @@ fn prepare(
         };
         write_upstream_head(&RequestView { path, ..*v }, &fwd, obuf);
         let affinity = ups.affinity(route.group, info.peer.ip(), v);
-        Ok(Some(Routed {
+        Ok(Routed {
             head: v.head,
             route,
             affinity,
-        }))
+        })
     });
     let bad = |e| ProxyError::downstream(ErrorKind::BadRequest(e));
     match parsed.map_err(bad)? {
         Parsed::Partial => Ok(Parsed::Partial),
-        Parsed::Complete(Ok(Some(r))) => Ok(Parsed::Complete(r)),
-        Parsed::Complete(Ok(None)) => Err(ProxyError::downstream(ErrorKind::NoRoute)),
-        Parsed::Complete(Err(e)) => Err(bad(e)),
+        Parsed::Complete(Ok(r)) => Ok(Parsed::Complete(r)),
+        Parsed::Complete(Err(Reject::Bad(e))) => Err(bad(e)),
+        Parsed::Complete(Err(Reject::NoRoute)) => Err(ProxyError::downstream(ErrorKind::NoRoute)),
+        Parsed::Complete(Err(Reject::Misdirected)) => {
+            Err(ProxyError::downstream(ErrorKind::Misdirected))
+        }
     }
+}
+
+/// Why a parsed request is refused before any backend sees it.
+enum Reject {
+    Bad(RequestError),
+    NoRoute,
+    Misdirected,
+}
+
+impl From<RequestError> for Reject {
+    fn from(e: RequestError) -> Self {
+        Reject::Bad(e)
+    }
+}
+
+/// True when, on a TLS listener with SNI certificates, the request's host
+/// names another certificate than the connection's (RFC 9110 §15.5.20:
+/// 421, so a client does not reuse a connection for a name it does not
+/// cover).
+fn misdirected(shard: &Shard, conn: &Conn, v: &RequestView<'_>) -> bool {
+    let (Some(sni), Some(host)) = (conn.sni_cert, v.target_host()) else {
+        return false;
+    };
+    let Some((m, _)) = shard
+        .config
+        .listeners
+        .get(conn.info.listener)
+        .and_then(|l| l.tls.as_ref())
+    else {
+        return false;
+    };
+    let host = crate::route::table::request_host(host);
+    crate::tls::certificate_for(m, Some(host)) != sni
 }
 
 /// Answers a request lbd rejects itself, and logs it with the bytes of its

@@ -294,7 +294,7 @@ impl RouteTable {
 }
 
 /// Reduces a request host to what is matched: no `:port`, no trailing dot.
-fn request_host(raw: &[u8]) -> &[u8] {
+pub(crate) fn request_host(raw: &[u8]) -> &[u8] {
     let end = if raw.first() == Some(&b'[') {
         raw.iter().position(|&b| b == b']').map(|p| p + 1)
     } else {
