@@ -94,7 +94,15 @@ LUA = os.path.join(BENCH, "report.lua")
 # not collide with a demo or a developer's lbd on the same box.
 ORIGIN_PORTS = {"small": (18081, 18082), "1k": (18083, 18084), "64k": (18085, 18086)}
 BODY_BYTES = {"small": 17, "1k": 1024, "64k": 65536}
-PROXY_PORT = {"floor": 16191, "lbd": 16188, "nginx": 16189, "haproxy": 16190, "pingora": 16192}
+PROXY_PORT = {"floor": 16191, "lbd": 16188, "nginx": 16189, "haproxy": 16190, "pingora": 16192,
+              "lbd-lc": 16193, "lbd-p2c": 16194, "lbd-routes": 16195, "lbd-base": 16196}
+# lbd configured otherwise, as contenders of their own (--contenders
+# lbd,lbd-lc,lbd-p2c,lbd-routes, or --variants): balance least_conn, balance
+# p2c, and ten routes with the request matching the last-resort default.
+LBD_VARIANTS = ["lbd-lc", "lbd-p2c", "lbd-routes"]
+# LBD_BASE_BIN=path adds contender "lbd-base": that build with lbd's plain
+# config, interleaved with the others (before/after a change in one run).
+LBD_BASE = os.environ.get("LBD_BASE_BIN")
 # Default contenders; a full run appends "pingora" when bench/pingora-lb is built.
 CONTENDERS = ["direct", "floor", "lbd", "nginx", "haproxy"]
 PROXIES = ["floor", "lbd", "nginx", "haproxy", "pingora"]
@@ -382,16 +390,28 @@ backend be
 {srv}"""
 
 
-def lbd_conf(port, backends, hist):
+def lbd_conf(port, backends, hist, variant="lbd"):
     b = ", ".join(f"127.0.0.1:{x}" for x in backends)
+    balance = {"lbd-lc": "    balance: least_conn\n", "lbd-p2c": "    balance: p2c\n"}.get(variant, "")
+    if variant == "lbd-routes":
+        # Nine routes wrk's requests (Host: 127.0.0.1:port, path /) do not
+        # match, checked before the default: exact hosts, wildcards, and
+        # path prefixes of the host-less routes.
+        rules = [f"      - {{ host: h{i}.example.com, upstream: web }}" for i in range(3)]
+        rules += [f"      - {{ host: '*.w{i}.example.com', upstream: web }}" for i in range(3)]
+        rules += [f"      - {{ path_prefix: /p{i}/, upstream: web }}" for i in range(3)]
+        rules.append("      - { upstream: web }")
+        listener = "    routes:\n" + "\n".join(rules) + "\n"
+    else:
+        listener = ""
     return f"""threads: 1
 histogram_file: {hist}
 listeners:
   - address: 127.0.0.1:{port}
-upstreams:
+{listener}upstreams:
   web:
     backends: [{b}]
-upstream_keepalive_pool_size: 128
+{balance}upstream_keepalive_pool_size: 128
 limits:
   keepalive_requests: 100000000
 """
@@ -469,12 +489,16 @@ class Bench:
         if name == "floor":
             s = Server("floor", [FLOOR, "--listen", f"127.0.0.1:{port}"] +
                        [x for b in backends for x in ("--backend", f"127.0.0.1:{b}")], self.proxy_cpus, self.work)
-        elif name == "lbd":
-            conf = os.path.join(self.work, "lbd.yaml")
+        elif name == "lbd" or name in LBD_VARIANTS or name == "lbd-base":
+            conf = os.path.join(self.work, f"{name}.yaml")
+            hist = "lbd-latency.hgrm" if name == "lbd" else f"{name}-latency.hgrm"
             with open(conf, "w") as f:
-                f.write(lbd_conf(port, backends, os.path.join(self.work, "lbd-latency.hgrm")))
+                f.write(lbd_conf(port, backends, os.path.join(self.work, hist), name))
             env = dict(os.environ, RUST_LOG="warn")
-            s = Server("lbd", [LBD, "-c", conf, "--threads", "1"], self.proxy_cpus, self.work, env=env)
+            binary = LBD_BASE if name == "lbd-base" else LBD
+            if not binary:
+                raise SystemExit("lbd-base needs LBD_BASE_BIN=path")
+            s = Server(name, [binary, "-c", conf, "--threads", "1"], self.proxy_cpus, self.work, env=env)
         elif name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             with open(conf, "w") as f:
@@ -921,6 +945,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="ka-small, close-small, 1k idle conns, 1 run: < 60 s")
     ap.add_argument("--cpus", default="1:0", help="PROXY_CPUS:LOAD_CPUS, taskset lists (default 1:0)")
     ap.add_argument("--runs", type=int)
+    ap.add_argument("--variants", action="store_true",
+                    help="add lbd's balancing and routing variants (" + ",".join(LBD_VARIANTS) + ") as contenders")
     ap.add_argument("--duration", type=int, help="seconds per measured run")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--connections", type=int, default=64)
@@ -958,6 +984,8 @@ def main():
             log("pingora not built, so not a contender (bench/run.sh --pingora builds bench/pingora-lb, about 5 minutes)")
     if a.pingora and "pingora" not in a.contenders:
         a.contenders.append("pingora")
+    if a.variants:
+        a.contenders += [v for v in LBD_VARIANTS if v not in a.contenders]
     unknown = [c for c in a.contenders if c != "direct" and c not in PROXY_PORT]
     if unknown:
         ap.error(f"unknown contender(s) {','.join(unknown)}; known: direct,{','.join(PROXY_PORT)}")
