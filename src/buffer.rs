@@ -78,6 +78,12 @@ impl InBuf {
         InBuf { v: take(), pos: 0 }
     }
 
+    /// A buffer over `v` (cleared).
+    pub fn from_vec(mut v: Vec<u8>) -> Self {
+        v.clear();
+        InBuf { v, pos: 0 }
+    }
+
     /// The unconsumed bytes.
     pub fn data(&self) -> &[u8] {
         &self.v[self.pos..]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at, Instant};
 use rustls::pki_types::ServerName;
@@ -212,6 +212,19 @@ impl Stream {
         match self {
             Stream::Plain(t) => t.as_raw_fd(),
             Stream::Tls(t) => t.tcp.as_raw_fd(),
+        }
+    }
+
+    /// Ends the sending side: TLS `close_notify`, then a TCP FIN
+    /// (`shutdown(SHUT_WR)`); reading goes on (a staged close).
+    pub async fn shutdown_write(&mut self, limit: Duration) -> io::Result<()> {
+        match self {
+            Stream::Plain(t) => t.shutdown().await,
+            Stream::Tls(t) => {
+                t.conn.send_close_notify();
+                t.flush(limit).await?;
+                t.tcp.shutdown().await
+            }
         }
     }
 

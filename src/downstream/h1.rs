@@ -23,7 +23,6 @@ use super::{End, DRAIN_IDLE_WINDOW};
 use crate::buffer::{self, InBuf};
 use crate::config::HeaderPair;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::http;
 use crate::http::body::Body;
 use crate::http::request::{
     parse_request, HeadLimits, Parsed, RequestError, RequestHead, RequestView,
@@ -33,6 +32,7 @@ use crate::http::rewrite::{
     write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding, ResponseExtras,
     SetCookie,
 };
+use crate::http::{self, Framing};
 use crate::park::{ConnInfo, PARK_AFTER};
 use crate::proxy::{self, Downstream, Failure, Request};
 use crate::route::Route;
@@ -95,20 +95,76 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, info: ConnInfo) -> E
         // The exchange's state (a few KiB of futures) lives in its own
         // allocation only while a request is in progress, so an idle
         // keep-alive connection costs a few hundred bytes, not kilobytes.
-        let keep = match Box::pin(exchange(&shard, &mut client, &mut conn, &mut cb)).await {
-            Ok(keep) => keep,
-            Err(()) => {
+        let next = Box::pin(exchange(&shard, &mut client, &mut conn, &mut cb)).await;
+        conn.info.served += 1;
+        match next {
+            Next::Keep => cbuf = Some(cb),
+            Next::Close => {
                 cb.release();
                 return End::Closed;
             }
-        };
-        conn.info.served += 1;
-        if !keep {
-            cb.release();
-            return End::Closed;
+            Next::Linger => {
+                cb.release();
+                // Boxed: only a closing connection needs this state.
+                Box::pin(linger(&shard, &mut client)).await;
+                return End::Closed;
+            }
         }
-        cbuf = Some(cb);
     }
+}
+
+/// What happens to a connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Keep it for the next request.
+    Keep,
+    /// Close it now (nothing more will come, or the client is gone).
+    Close,
+    /// Close it in stages: the client may still be sending.
+    Linger,
+}
+
+/// Staged close (RFC 9112 §9.6, nginx's `lingering_close`): the longest a
+/// connection lingers, the longest pause between the client's bytes, and
+/// the most bytes discarded (enough for an upload of tens of MiB in flight).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 << 20;
+
+/// Closes a connection that lbd may not have read to the end without
+/// losing the response it just sent: closing with unread bytes makes the
+/// kernel send RST, and a client that had not read the response yet would
+/// see "connection reset". So: half-close (FIN after the response), read
+/// and discard until the client closes, within [`LINGER_TIME`],
+/// [`LINGER_TIMEOUT`] between reads and [`LINGER_BYTES`] (one second while
+/// draining), then close. The connection stays counted against the
+/// worker's connection cap meanwhile.
+async fn linger(shard: &Shard, client: &mut Stream) {
+    let write_limit = shard.config.limits.client_write_timeout.min(LINGER_TIMEOUT);
+    if client.shutdown_write(write_limit).await.is_err() {
+        return;
+    }
+    let total = if shard.shutting_down() {
+        DRAIN_IDLE_WINDOW
+    } else {
+        LINGER_TIME
+    };
+    let end = Instant::now() + total;
+    let mut buf = InBuf::from_vec(buffer::take_large());
+    let mut discarded = 0u64;
+    while discarded < LINGER_BYTES {
+        let deadline = end.min(Instant::now() + LINGER_TIMEOUT);
+        buf.v.clear();
+        buf.pos = 0;
+        match client
+            .fill(&mut buf, buffer::LARGE_BUF_SIZE, deadline)
+            .await
+        {
+            Ok(n) if n > 0 => discarded += n as u64,
+            _ => break,
+        }
+    }
+    buf.release();
 }
 
 /// What the request loop knows of its connection.
@@ -201,12 +257,7 @@ struct Prepared {
 }
 
 /// One request/response exchange. `Ok(true)`: keep the connection.
-async fn exchange(
-    shard: &Shard,
-    client: &mut Stream,
-    conn: &mut Conn,
-    cb: &mut InBuf,
-) -> Result<bool, ()> {
+async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut InBuf) -> Next {
     let limits = &shard.config.limits;
     let peer = conn.info.peer;
     let head_deadline = if conn.info.served == 0 {
@@ -214,7 +265,10 @@ async fn exchange(
     } else {
         Instant::from_std(shard.coarse_now()) + limits.header_timeout
     };
-    let p = read_head(shard, client, conn, cb, head_deadline).await?;
+    let p = match read_head(shard, client, conn, cb, head_deadline).await {
+        Ok(p) => p,
+        Err(next) => return next,
+    };
     let http10 = p.req.head.http10;
     let routes = &shard.routes[conn.info.listener];
     let mut down = H1Exchange {
@@ -223,8 +277,11 @@ async fn exchange(
         cb,
         http10,
         add_response_headers: &routes.config(p.route).add_response_headers,
+        body_done: p.req.head.framing == Framing::None,
     };
     let result = proxy::forward(shard, &mut down, &p.req, p.obuf).await;
+    // Request bytes may still be on their way: close in stages.
+    let unread = !down.body_done;
     let elapsed = p.started.elapsed();
     match result {
         Ok(done) => {
@@ -242,7 +299,11 @@ async fn exchange(
                 route: Some((conn.info.listener, p.route)),
             };
             shard.finish(finished, true);
-            Ok(!done.close_client)
+            match done.close_client {
+                false => Next::Keep,
+                true if unread || !cb.is_empty() => Next::Linger,
+                true => Next::Close,
+            }
         }
         Err(Failure::Respond(err, buf)) => {
             match err.side {
@@ -263,28 +324,32 @@ async fn exchange(
                 route: Some((conn.info.listener, p.route)),
             };
             shard.finish(finished, true);
-            Err(())
+            if unread || !cb.is_empty() {
+                Next::Linger
+            } else {
+                Next::Close
+            }
         }
         Err(Failure::Close(err)) => {
             log::debug!("{peer}: closing: {err}");
             if let Some(f) = p.fields {
                 shard.give_fields(f);
             }
-            Err(())
+            Next::Close
         }
     }
 }
 
 /// Reads the request head under one deadline that trickled bytes do not
 /// move; parses, routes and writes the upstream head. A rejected request is
-/// answered (and logged) here; `Err(())` closes the connection.
+/// answered (and logged) here; `Err` says how the connection closes.
 async fn read_head(
     shard: &Shard,
     client: &mut Stream,
     conn: &Conn,
     cb: &mut InBuf,
     deadline: Instant,
-) -> Result<Prepared, ()> {
+) -> Result<Prepared, Next> {
     let limits = &shard.config.limits;
     let info = &conn.info;
     let mut obuf = buffer::take();
@@ -321,7 +386,8 @@ async fn read_head(
                 Err(err) => {
                     log::debug!("{}: request rejected: {err}", info.peer);
                     reject(shard, client, info, cb, err, obuf, Duration::ZERO).await;
-                    return Err(());
+                    // The rest of an oversized or bad head may be on its way.
+                    return Err(Next::Linger);
                 }
             }
         }
@@ -331,7 +397,7 @@ async fn read_head(
         match client.fill(cb, limits.max_head_bytes, deadline).await {
             Ok(0) => {
                 buffer::give(obuf);
-                return Err(()); // EOF: the client is done (or gave up mid-head).
+                return Err(Next::Close); // EOF: the client is done (or gave up mid-head).
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -339,12 +405,13 @@ async fn read_head(
                     let err = ProxyError::downstream(ErrorKind::ClientTimeout);
                     let waited = limits.header_timeout;
                     reject(shard, client, info, cb, err, Vec::new(), waited).await;
+                    return Err(Next::Linger);
                 }
-                return Err(());
+                return Err(Next::Close);
             }
             Err(_) => {
                 buffer::give(obuf);
-                return Err(());
+                return Err(Next::Close);
             }
         }
     }
@@ -487,6 +554,8 @@ struct H1Exchange<'a> {
     http10: bool,
     /// The route's `add_response_headers`.
     add_response_headers: &'a [HeaderPair],
+    /// The whole request body was read.
+    body_done: bool,
 }
 
 fn client_io(e: io::Error) -> ProxyError {
@@ -514,6 +583,7 @@ impl Downstream for H1Exchange<'_> {
             .map_err(|e| ProxyError::downstream(ErrorKind::BadRequestBody(e)))?;
         out.extend_from_slice(&cb.v[start..start + n]);
         cb.consume(used);
+        self.body_done = body.is_done();
         Ok(())
     }
 
@@ -546,6 +616,7 @@ impl Downstream for H1Exchange<'_> {
             res.map_err(|e| ProxyError::upstream(ErrorKind::UpstreamIo(e)))?;
             cb.consume(used);
         }
+        self.body_done = true;
         Ok(())
     }
 
