@@ -90,8 +90,14 @@ pub(crate) trait Downstream {
     /// the ones to forward to `out`, after the upstream head.
     fn buffered_body(&mut self, body: &mut Body, out: &mut Vec<u8>) -> Result<(), ProxyError>;
 
-    /// Streams the rest of the request body to `up`.
-    async fn stream_body(&mut self, body: &mut Body, up: &mut Stream) -> Result<(), ProxyError>;
+    /// Streams the rest of the request body to `up`, until it is complete
+    /// ([`BodyEnd::Complete`]) or the backend begins to answer first
+    /// ([`BodyEnd::Answered`], RFC 9112 §9.5).
+    async fn stream_body(
+        &mut self,
+        body: &mut Body,
+        up: &mut Stream,
+    ) -> Result<BodyEnd, ProxyError>;
 
     /// Writes the client's response head for `resp` (interim or final) into
     /// `out`; `close`: lbd closes the client connection after this exchange;
@@ -114,6 +120,18 @@ pub(crate) trait Downstream {
     ) -> (Result<(), ProxyError>, Vec<u8>);
 }
 
+/// How streaming a request body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// Every byte went to the backend.
+    Complete,
+    /// The backend answered before the body was complete (a 401, 403 or
+    /// 413 to an upload, a redirect...): stop sending, relay the answer,
+    /// never reuse that upstream connection, and close the client
+    /// connection after the response.
+    Answered,
+}
+
 /// The request side's state while a response is awaited.
 struct Sent<'u> {
     up: Upstream<'u>,
@@ -126,6 +144,8 @@ struct Sent<'u> {
     len: usize,
     /// Idempotent and entirely in `obuf`.
     resendable: bool,
+    /// The backend answered before the whole body was sent.
+    answered_early: bool,
     attempts: Attempts,
 }
 
@@ -177,6 +197,7 @@ async fn send_request<'s, D: Downstream>(
         .write_range(obuf, 0, len, limits.upstream_body_timeout)
         .await;
     let mut sent = Sent {
+        answered_early: false,
         sent_at,
         obuf: ob,
         len,
@@ -193,8 +214,10 @@ async fn send_request<'s, D: Downstream>(
         sent = resend(shard, req, sent).await?;
     }
     if !body.is_done() {
-        if let Err(e) = down.stream_body(&mut body, &mut sent.up.stream).await {
-            return Err(Failure::before_response(e, sent.obuf));
+        match down.stream_body(&mut body, &mut sent.up.stream).await {
+            Ok(BodyEnd::Complete) => {}
+            Ok(BodyEnd::Answered) => sent.answered_early = true,
+            Err(e) => return Err(Failure::before_response(e, sent.obuf)),
         }
     }
     Ok(sent)
@@ -213,6 +236,7 @@ async fn resend<'s>(shard: &'s Shard, req: &Request, sent: Sent<'s>) -> Result<S
         obuf,
         len,
         resendable,
+        answered_early,
         mut attempts,
     } = sent;
     let now = || shard.coarse_now();
@@ -226,6 +250,7 @@ async fn resend<'s>(shard: &'s Shard, req: &Request, sent: Sent<'s>) -> Result<S
     count_request(shard, up.backend);
     match res {
         Ok(()) => Ok(Sent {
+            answered_early,
             up,
             sent_at: sent_at.map(|_| std::time::Instant::now()),
             obuf,
@@ -259,7 +284,7 @@ async fn read_response_head<'s, D: Downstream>(
             hbuf.clear();
             // A drain that began while this request was in flight still
             // tells the client the connection closes.
-            let close = req.close_client || shard.shutting_down();
+            let close = req.close_client || sent.answered_early || shard.shutting_down();
             let parsed = {
                 let ups = shard.upstreams.borrow();
                 let set_cookie = ups
@@ -286,11 +311,14 @@ async fn read_response_head<'s, D: Downstream>(
                     }
                     continue;
                 }
-                Ok(Parsed::Complete((h, client))) => {
+                Ok(Parsed::Complete((mut h, client))) => {
                     let latency = sent.sent_at.map_or(Duration::ZERO, |t| t.elapsed());
                     sent.up.lease.responded(h.status, latency);
                     buffer::give(sent.obuf);
                     ub.consume(h.head_len);
+                    // The backend never got the whole request: its
+                    // connection is in an unknown state.
+                    h.upstream_reusable &= !sent.answered_early;
                     return Ok((sent.up, h, client, ub, hbuf));
                 }
                 Ok(Parsed::Partial) => {}

@@ -11,8 +11,11 @@
 //! Everything is async on the worker's ring, so a slow handshake never blocks
 //! the worker's other connections; every operation has a deadline.
 
+// One `unsafe` block: borrowing a live socket to duplicate it (SAFETY below).
+#![allow(unsafe_code)]
+
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +27,31 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use crate::buffer::{self, InBuf};
+
+/// A second view of an upstream socket, for readiness only: while a request
+/// body is being sent, it tells lbd that the backend began to answer (an
+/// early response, RFC 9112 §9.5) without disturbing the reads and writes
+/// in flight on the stream itself.
+pub struct Watch {
+    fd: monoio::net::UnixStream,
+}
+
+impl Watch {
+    /// Resolves when the socket turns readable (data, or EOF).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.fd.readable(false).await
+    }
+}
+
+/// How a watched write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// Every byte was written.
+    Written,
+    /// The peer began to answer (or closed) first; the write was abandoned
+    /// and the connection must not be used for another request.
+    Spoke,
+}
 
 /// TLS state over a TCP connection.
 pub struct Tls {
@@ -102,6 +130,33 @@ impl Tls {
         res
     }
 
+    /// [`Tls::flush`], abandoned when application data (or close) arrives
+    /// through `watch` first; other records read meanwhile go to rustls.
+    async fn flush_watching(&mut self, limit: Duration, watch: &mut Watch) -> io::Result<Watched> {
+        let mut out = buffer::take();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut out)?;
+        }
+        let len = out.len();
+        let write = tcp_write(&mut self.tcp, out, 0, len, limit);
+        let mut write = std::pin::pin!(write);
+        loop {
+            monoio::select! {
+                r = &mut write => {
+                    let (res, out) = r;
+                    buffer::give(out);
+                    return res.map(|()| Watched::Written);
+                }
+                r = watch.fd.readable(false) => {
+                    r?;
+                    if absorb(&mut self.conn, &mut self.eof, watch).await? {
+                        return Ok(Watched::Spoke);
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads one batch of ciphertext and feeds it to rustls. `Ok(false)` on EOF.
     async fn read_tls(&mut self, deadline: Instant) -> io::Result<bool> {
         let mut cbuf = InBuf::new();
@@ -165,6 +220,45 @@ impl Tls {
     }
 }
 
+/// Reads what `watch` has into `conn`: true if application data or a close
+/// came with it.
+async fn absorb(conn: &mut Connection, eof: &mut bool, watch: &mut Watch) -> io::Result<bool> {
+    let buf = buffer::take();
+    let cap = buf.capacity();
+    let (res, buf) = watch.fd.read(buf.slice_mut(0..cap)).await;
+    let buf = buf.into_inner();
+    let result = match res {
+        Ok(0) => {
+            *eof = true;
+            Ok(true)
+        }
+        Ok(n) => feed(conn, &buf[..n]).map(|closed| {
+            *eof |= closed;
+            closed
+                || conn
+                    .process_new_packets()
+                    .map(|s| s.plaintext_bytes_to_read() > 0)
+                    .unwrap_or(true)
+        }),
+        Err(e) => Err(e),
+    };
+    buffer::give(buf);
+    result
+}
+
+/// Feeds ciphertext to rustls; true if the peer closed.
+fn feed(conn: &mut Connection, mut bytes: &[u8]) -> io::Result<bool> {
+    let mut closed = false;
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes)?;
+        closed |= conn
+            .process_new_packets()
+            .map_err(tls_err)?
+            .peer_has_closed();
+    }
+    Ok(closed)
+}
+
 impl Stream {
     /// Adopts a plain TCP connection.
     pub fn plain(tcp: TcpStream) -> Self {
@@ -224,6 +318,62 @@ impl Stream {
                 t.conn.send_close_notify();
                 t.flush(limit).await?;
                 t.tcp.shutdown().await
+            }
+        }
+    }
+
+    /// A readiness watch on this connection's socket (a duplicate
+    /// descriptor).
+    pub fn watch(&self) -> io::Result<Watch> {
+        let raw = self.raw_fd();
+        // SAFETY: `raw` belongs to this stream's TcpStream, which `&self`
+        // keeps open for the whole call; the borrow only duplicates it.
+        let dup = unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned()?;
+        let fd = monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(dup))?;
+        Ok(Watch { fd })
+    }
+
+    /// After `watch` turned readable: did the peer begin to answer? Plain
+    /// TCP: yes (data, or EOF). TLS: only if a record with application data
+    /// (or close) arrived; post-handshake messages such as session tickets
+    /// are absorbed (read through the watch and fed to rustls) and do not
+    /// count.
+    pub async fn spoke(&mut self, watch: &mut Watch) -> io::Result<bool> {
+        match self {
+            Stream::Plain(_) => Ok(true),
+            Stream::Tls(t) => absorb(&mut t.conn, &mut t.eof, watch).await,
+        }
+    }
+
+    /// [`Stream::write_range`], abandoned when the peer begins to answer
+    /// first (see [`Stream::spoke`]).
+    pub async fn write_watching(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        limit: Duration,
+        watch: &mut Watch,
+    ) -> (io::Result<Watched>, Vec<u8>) {
+        if start >= end {
+            return (Ok(Watched::Written), buf);
+        }
+        match self {
+            Stream::Plain(tcp) => {
+                let write = timeout(limit, tcp.write_all(buf.slice(start..end)));
+                monoio::select! {
+                    r = write => match r {
+                        Ok((res, slice)) => (res.map(|_| Watched::Written), slice.into_inner()),
+                        Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+                    },
+                    _ = watch.fd.readable(false) => (Ok(Watched::Spoke), Vec::new()),
+                }
+            }
+            Stream::Tls(t) => {
+                if let Err(e) = t.conn.writer().write_all(&buf[start..end]) {
+                    return (Err(e), buf);
+                }
+                (t.flush_watching(limit, watch).await, buf)
             }
         }
     }

@@ -132,3 +132,88 @@ fn curl_upload_rejected_at_once_sees_the_status() {
         assert!(out.status.success(), "curl failed (reset?): {err}");
     }
 }
+
+/// A backend that answers `413` as soon as it has a request head and then
+/// stops reading (the upload stays in flight), counting its connections.
+struct EarlyOrigin {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EarlyOrigin {
+    fn start() -> EarlyOrigin {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut s) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let _ = s.write_all(
+                        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\r\ntoo large",
+                    );
+                    // Read nothing more: lbd's writes back up.
+                    thread::sleep(Duration::from_secs(15));
+                });
+            }
+        });
+        EarlyOrigin { port, connections }
+    }
+}
+
+fn curl_upload(port: u16, file: &std::path::Path, chunked: bool) -> (String, Duration, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Expect:",
+    ]);
+    if chunked {
+        cmd.args(["-H", "Transfer-Encoding: chunked"]);
+    }
+    cmd.arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{port}/upload"));
+    let t = std::time::Instant::now();
+    let out = cmd.output().expect("run curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn early_answer_to_a_64_mib_upload_reaches_the_client_at_once() {
+    use std::sync::atomic::Ordering;
+    let origin = EarlyOrigin::start();
+    let lbd = LbdConf::front(&[origin.port]).threads(1).start();
+    let dir = support::unique_temp_dir("early");
+    let file = dir.join("upload.bin");
+    std::fs::write(&file, vec![9u8; 64 << 20]).unwrap();
+    for (i, chunked) in [false, true, false].into_iter().enumerate() {
+        let (code, took, err) = curl_upload(lbd.port, &file, chunked);
+        assert_eq!(code, "413", "chunked={chunked}: {err}");
+        assert!(
+            took < Duration::from_secs(3),
+            "answer took {took:?} (chunked={chunked})"
+        );
+        // The upstream connection that answered early is never reused.
+        assert_eq!(origin.connections.load(Ordering::SeqCst), i + 1);
+    }
+}

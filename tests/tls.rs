@@ -177,6 +177,91 @@ impl TlsOrigin {
     }
 }
 
+/// An HTTPS origin that answers `413` as soon as it has a request head and
+/// then stops reading (an early answer to an upload); returns its port and
+/// its handshake count.
+fn early_tls_origin(config: Arc<rustls::ServerConfig>) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hs = Arc::new(AtomicUsize::new(0));
+    let count = hs.clone();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let (config, count) = (config.clone(), count.clone());
+            thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = tls
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!");
+                let _ = tls.flush();
+                thread::sleep(Duration::from_secs(15));
+            });
+        }
+    });
+    (port, hs)
+}
+
+#[test]
+fn early_answer_from_a_tls_upstream_to_a_large_upload() {
+    let dir = unique_temp_dir("tls-early");
+    let ca = Ca::new(&dir, "early");
+    let (cert, key) = ca.leaf("origin.test");
+    let (port, answered) = early_tls_origin(server_config(&cert, &key));
+    let lbd = secure(&[port], "origin.test", &ca.ca_file()).start();
+    let body = vec![5u8; 32 << 20];
+    for (i, chunked) in [false, true].into_iter().enumerate() {
+        let s = TcpStream::connect(("127.0.0.1", lbd.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = if chunked {
+            "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+        } else {
+            format!(
+                "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+        };
+        let mut w = s.try_clone().unwrap();
+        let payload = body.clone();
+        let t = std::time::Instant::now();
+        let sender = thread::spawn(move || {
+            let _ = w.write_all(head.as_bytes());
+            for c in payload.chunks(1 << 16) {
+                let ok = if chunked {
+                    w.write_all(format!("{:x}\r\n", c.len()).as_bytes()).is_ok()
+                        && w.write_all(c).is_ok()
+                        && w.write_all(b"\r\n").is_ok()
+                } else {
+                    w.write_all(c).is_ok()
+                };
+                if !ok {
+                    return;
+                }
+            }
+        });
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r, false).expect("a response");
+        assert_eq!(resp.status, 413, "chunked={chunked}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        drop(r);
+        let _ = sender.join();
+        // Not reused: each upload got its own upstream connection.
+        assert_eq!(answered.load(Ordering::SeqCst), i + 1);
+    }
+}
+
 fn plain_get(port: u16, host: &str) -> (u16, String) {
     let mut c = support::Client::connect(port);
     c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());

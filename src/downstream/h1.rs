@@ -34,10 +34,10 @@ use crate::http::rewrite::{
 };
 use crate::http::{self, Framing};
 use crate::park::{ConnInfo, PARK_AFTER};
-use crate::proxy::{self, Downstream, Failure, Request};
+use crate::proxy::{self, BodyEnd, Downstream, Failure, Request};
 use crate::route::Route;
 use crate::shard::{Finished, Shard};
-use crate::stream::Stream;
+use crate::stream::{Stream, Watch, Watched};
 use crate::upstream::Affinity;
 
 /// Serves one client connection until it closes, errs, times out or parks.
@@ -562,6 +562,39 @@ fn client_io(e: io::Error) -> ProxyError {
     ProxyError::downstream(ErrorKind::ClientIo(e))
 }
 
+impl H1Exchange<'_> {
+    /// Waits until the client sent more body bytes (`false`) or the backend
+    /// began to answer (`true`), before `deadline`. Readiness only: nothing
+    /// read is lost when the other side wins.
+    async fn client_or_answer(
+        &mut self,
+        up: &mut Stream,
+        w: &mut Watch,
+        deadline: Instant,
+    ) -> Result<bool, ProxyError> {
+        loop {
+            let woke = monoio::select! {
+                r = self.client.readable() => Side::Downstream.then_io(r),
+                r = w.readable() => Side::Upstream.then_io(r),
+                _ = monoio::time::sleep_until(deadline) => {
+                    return Err(ProxyError::downstream(ErrorKind::ClientTimeout))
+                }
+            };
+            match woke {
+                (Side::Downstream, Ok(())) => return Ok(false),
+                (Side::Downstream, Err(e)) => return Err(client_io(e)),
+                (_, Err(e)) => return Err(ProxyError::upstream(ErrorKind::UpstreamIo(e))),
+                (_, Ok(())) => {
+                    let spoke = up.spoke(w).await;
+                    if spoke.map_err(|e| ProxyError::upstream(ErrorKind::UpstreamIo(e)))? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Downstream for H1Exchange<'_> {
     async fn upstream_ready(&mut self, head: &RequestHead) -> Result<(), ProxyError> {
         if !(head.expect_continue && self.cb.is_empty()) {
@@ -587,15 +620,27 @@ impl Downstream for H1Exchange<'_> {
         Ok(())
     }
 
-    async fn stream_body(&mut self, body: &mut Body, up: &mut Stream) -> Result<(), ProxyError> {
+    async fn stream_body(
+        &mut self,
+        body: &mut Body,
+        up: &mut Stream,
+    ) -> Result<BodyEnd, ProxyError> {
         let limits = &self.shard.config.limits;
-        let cb = &mut *self.cb;
+        // Watch the backend while sending: it may answer before the end.
+        // Without a spare descriptor, stream without watching.
+        let mut watch = up.watch().ok();
         // Large bodies stream in large buffers.
         if body.is_larger_than(buffer::BUF_SIZE as u64) {
-            cb.upsize();
+            self.cb.upsize();
         }
         while !body.is_done() {
             let deadline = Instant::now() + limits.body_timeout;
+            if let Some(w) = watch.as_mut() {
+                if self.client_or_answer(up, w, deadline).await? {
+                    return Ok(BodyEnd::Answered);
+                }
+            }
+            let cb = &mut *self.cb;
             match self.client.fill(cb, buffer::LARGE_BUF_SIZE, deadline).await {
                 Ok(0) => return Err(client_io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
@@ -609,15 +654,22 @@ impl Downstream for H1Exchange<'_> {
                 .frame(&mut cb.v[start..], false)
                 .map_err(|e| ProxyError::downstream(ErrorKind::BadRequestBody(e)))?;
             let v = std::mem::take(&mut cb.v);
-            let (res, v) = up
-                .write_range(v, start, start + n, limits.upstream_body_timeout)
-                .await;
+            let limit = limits.upstream_body_timeout;
+            let (res, v) = match watch.as_mut() {
+                Some(w) => up.write_watching(v, start, start + n, limit, w).await,
+                None => {
+                    let (res, v) = up.write_range(v, start, start + n, limit).await;
+                    (res.map(|()| Watched::Written), v)
+                }
+            };
             cb.v = v;
-            res.map_err(|e| ProxyError::upstream(ErrorKind::UpstreamIo(e)))?;
-            cb.consume(used);
+            match res.map_err(|e| ProxyError::upstream(ErrorKind::UpstreamIo(e)))? {
+                Watched::Written => cb.consume(used),
+                Watched::Spoke => return Ok(BodyEnd::Answered),
+            }
         }
         self.body_done = true;
-        Ok(())
+        Ok(BodyEnd::Complete)
     }
 
     fn encode_head(
