@@ -39,12 +39,24 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML did not parse, or a key is unknown or has the wrong type.
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {}{message}", key.as_ref().map(|k| format!("config key `{k}`: ")).unwrap_or_default())]
     Parse {
         /// The path given with `-c`.
         path: PathBuf,
-        /// The parser's message, with line and column.
+        /// Dotted path of the key at fault, when the error is about one key
+        /// (a type error, an unknown key); `None` for a YAML syntax error.
+        key: Option<String>,
+        /// What is wrong, with the line and column, then the line quoted.
         message: String,
+    },
+    /// A file the configuration names cannot be created where it says
+    /// (`-t` checks this, and so does a start before it forks).
+    #[error("config key `{key}`: {reason}")]
+    Path {
+        /// The key, e.g. `error_log`.
+        key: &'static str,
+        /// What is wrong, naming the path.
+        reason: String,
     },
     /// A key has a value that parses but is not acceptable.
     #[error("config key `{key}`: invalid value `{value}`: {reason}")]
@@ -760,11 +772,37 @@ impl RawHealthCheck {
 }
 
 /// A backend: `"IP:port"` or `{ address: "IP:port", weight: N }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum RawBackend {
     Plain(String),
     Weighted(RawWeightedBackend),
+}
+
+/// Not `#[serde(untagged)]`: an untagged enum buffers the node and reports
+/// only "did not match any variant", which hides the key at fault
+/// (`backends[1].weight: ten`). A string is the plain form; a map is handed
+/// to [`RawWeightedBackend`], so its errors name its keys.
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Backend;
+        impl<'de> serde::de::Visitor<'de> for Backend {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"IP:port\" or { address: \"IP:port\", weight: N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend::Plain(s.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawBackend, A::Error> {
+                let map = serde::de::value::MapAccessDeserializer::new(map);
+                RawWeightedBackend::deserialize(map).map(RawBackend::Weighted)
+            }
+        }
+        d.deserialize_any(Backend)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1131,12 +1169,149 @@ impl Config {
         path: &Path,
         threads_override: Option<usize>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        validate(raw, threads_override)
+        let mut key = None;
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |d| {
+            serde_path_to_error::deserialize::<_, RawConfig>(d).map_err(|e| {
+                key = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+        match parsed {
+            Ok(raw) => validate(raw, threads_override),
+            Err(e) => Err(parse_error(text, path, key, &e)),
+        }
     }
+}
+
+/// A parse error as lbd reports it. A YAML syntax error anywhere in the
+/// file wins over a type error: the deserializer reads as it parses, so a bad
+/// indent on line 3 can first surface as a type error on line 2, and the
+/// syntax error is the one to fix. Otherwise the message names the dotted
+/// key (`key` is serde_path_to_error's path, `.` for the root), the value
+/// when it is a scalar, and the line and column.
+fn parse_error(
+    text: &str,
+    path: &Path,
+    key: Option<String>,
+    err: &serde_saphyr::Error,
+) -> ConfigError {
+    let err = err.without_snippet();
+    let parse = |key: Option<String>, line: u64, column: u64, what: String| ConfigError::Parse {
+        path: path.to_owned(),
+        key,
+        message: format!("{what}{}", quote_line(text, line, column)),
+    };
+    for event in serde_saphyr::granit_parser::Parser::new_from_str(text) {
+        if let Err(e) = event {
+            let (line, column) = (e.marker().line() as u64, e.marker().col() as u64 + 1);
+            let what = format!(
+                "line {line} column {column}: YAML syntax error: {}",
+                e.info()
+            );
+            return parse(None, line, column, what);
+        }
+    }
+    // `?` stands for a key serde_path_to_error could not name (a duplicate
+    // key, say): name its parent instead.
+    let key = key
+        .map(|k| k.trim_end_matches('?').trim_end_matches('.').to_string())
+        .filter(|k| !k.is_empty());
+    let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let at = if line > 0 {
+        format!(" at line {line} column {column}")
+    } else {
+        String::new()
+    };
+    let what = match err {
+        serde_saphyr::Error::InvalidScalar { ty, .. } => {
+            let value = scalar_at(text, line, column).unwrap_or_default();
+            format!(
+                "invalid value `{value}`{at}: expected {}",
+                expected_type(ty)
+            )
+        }
+        _ => {
+            use serde_saphyr::MessageFormatter;
+            let message = serde_saphyr::DefaultMessageFormatter.format_message(err);
+            // serde names the Rust type a map deserializes into; say what
+            // the file should have instead.
+            let message = printable(&message);
+            // saphyr's advice to the programmer is not for the operator.
+            let message = match message.split_once(", set DuplicateKeyPolicy") {
+                Some((m, _)) => m.to_string(),
+                None => message,
+            };
+            let message = match message.find("struct Raw") {
+                Some(i) => format!("{}a mapping (key: value)", &message[..i]),
+                None => match message.as_str() {
+                    "expected mapping start" => "expected a mapping (key: value)".to_string(),
+                    "expected sequence start" => "expected a list".to_string(),
+                    _ => message,
+                },
+            };
+            if line > 0 {
+                format!("line {line} column {column}: {message}")
+            } else {
+                message
+            }
+        }
+    };
+    parse(key, line, column, what)
+}
+
+/// What a scalar of Rust type `ty` must look like, in the file's terms.
+fn expected_type(ty: &str) -> &'static str {
+    match ty {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" | "boolean" => "`true` or `false`",
+        _ => "a value of another type",
+    }
+}
+
+/// `s` with control characters (a line break in a key, say) escaped, so a
+/// message stays one line per line and cannot drive a terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The text of the scalar that starts at `line`/`column` (both from 1).
+fn scalar_at(text: &str, line: u64, column: u64) -> Option<String> {
+    use serde_saphyr::granit_parser::Event;
+    serde_saphyr::granit_parser::Parser::new_from_str(text)
+        .map_while(Result::ok)
+        .find_map(|(event, span)| match event {
+            Event::Scalar(v, ..)
+                if span.start.line() as u64 == line && span.start.col() as u64 + 1 == column =>
+            {
+                Some(printable(&v))
+            }
+            _ => None,
+        })
+}
+
+/// `line` of `text` quoted with a caret under `column` (both from 1), as
+/// compilers do; empty when the position is unknown.
+fn quote_line(text: &str, line: u64, column: u64) -> String {
+    let Some(src) = line
+        .checked_sub(1)
+        .and_then(|i| text.lines().nth(i as usize))
+    else {
+        return String::new();
+    };
+    let src = printable(src);
+    let gutter = " ".repeat(line.to_string().len());
+    let pad = " ".repeat(column.saturating_sub(1) as usize);
+    format!("\n{gutter} |\n{line} | {src}\n{gutter} | {pad}^")
 }
 
 fn parse_address(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -1335,6 +1510,79 @@ upstreams:
             .unwrap_err()
             .to_string();
         assert!(e.contains("health_check.path"), "{e}");
+    }
+
+    /// The message for `yaml` (a parse error expected).
+    fn parse_message(yaml: &str) -> (Option<String>, String) {
+        match load(yaml) {
+            Err(ConfigError::Parse { key, message, .. }) => (key, message),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_dotted_key_and_value() {
+        let (key, m) = parse_message(&format!("{GOOD}limits: {{header_timeout_ms: ten}}\n"));
+        assert_eq!(key.as_deref(), Some("limits.header_timeout_ms"), "{m}");
+        assert!(
+            m.starts_with("invalid value `ten` at line 12 column 29"),
+            "{m}"
+        );
+        let (key, m) = parse_message(&GOOD.replace("threads: 2", "threads: -1"));
+        assert_eq!(key.as_deref(), Some("threads"), "{m}");
+        assert!(m.contains("`-1`") && m.contains("line 3"), "{m}");
+        let (key, m) = parse_message(&GOOD.replace("weight: 2", "weight: ten"));
+        assert_eq!(
+            key.as_deref(),
+            Some("upstreams.web.backends[1].weight"),
+            "{m}"
+        );
+        let (key, m) = parse_message(&GOOD.replace("weight: 2", "wieght: 2"));
+        assert_eq!(
+            key.as_deref(),
+            Some("upstreams.web.backends[1].wieght"),
+            "{m}"
+        );
+        assert!(m.contains("unknown field `wieght`"), "{m}");
+        let (key, m) = parse_message(&GOOD.replace("- 127.0.0.1:8081", "- 8081"));
+        assert_eq!(key.as_deref(), Some("upstreams.web.backends[0]"), "{m}");
+        let (key, m) = parse_message(&format!("{GOOD}limits: 5\n"));
+        assert_eq!(key.as_deref(), Some("limits"), "{m}");
+        assert!(m.contains("expected a mapping"), "{m}");
+        let (key, m) = parse_message(&format!("{GOOD}daemon: yes please\n"));
+        assert_eq!(key.as_deref(), Some("daemon"), "{m}");
+        assert!(m.contains("`true` or `false`"), "{m}");
+    }
+
+    #[test]
+    fn the_whole_message_reads_well() {
+        let e = load(&format!("{GOOD}limits: {{header_timeout_ms: ten}}\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file test.yaml: config key `limits.header_timeout_ms`: invalid value `ten` \
+             at line 12 column 29: expected a whole number, 0 or more\n   |\n\
+             12 | limits: {header_timeout_ms: ten}\n   |                             ^"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_points_at_its_line() {
+        // The bad indent is on line 3; the deserializer alone would report
+        // a type error on line 2.
+        let y = format!("limits:\n  header_timeout_ms: 10\n   keepalive_timeout_ms: 5\n{GOOD}");
+        let (key, m) = parse_message(&y);
+        assert_eq!(key, None, "{m}");
+        assert!(m.starts_with("line 3 column 24: YAML syntax error"), "{m}");
+        let y = format!("limits:\n  header_timeout_ms: 10\n keepalive_timeout_ms: 5\n{GOOD}");
+        let (_, m) = parse_message(&y);
+        assert!(m.starts_with("line 3 column 2: YAML syntax error"), "{m}");
+    }
+
+    #[test]
+    fn duplicate_key_is_reported_without_programmer_advice() {
+        let (_, m) = parse_message(&format!("{GOOD}threads: 3\n"));
+        assert!(m.contains("duplicate mapping key: threads"), "{m}");
+        assert!(!m.contains("DuplicateKeyPolicy"), "{m}");
     }
 
     #[test]

@@ -50,10 +50,16 @@ impl Readiness {
     }
 }
 
+/// Opens `error_log` for appending, as the daemon's stderr.
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 /// Forks into the background. Returns only in the child; the parent exits
-/// with the child's start-up verdict. Must be called before any thread is
-/// spawned.
-pub fn daemonize(error_log: Option<&Path>) -> std::io::Result<Readiness> {
+/// with the child's start-up verdict. `error_log` (opened by the caller, so
+/// a failure is reported before the fork) becomes the child's stderr. Must
+/// be called before any thread is spawned.
+pub fn daemonize(error_log: Option<File>) -> std::io::Result<Readiness> {
     let (read_end, write_end): (OwnedFd, OwnedFd) = pipe()?;
     // SAFETY: lbd calls this from `run` before it spawns any thread (no
     // worker, checker or logger thread exists yet), so the child is a full
@@ -82,8 +88,7 @@ pub fn daemonize(error_log: Option<&Path>) -> std::io::Result<Readiness> {
             dup2(null.as_raw_fd(), 0)?;
             dup2(null.as_raw_fd(), 1)?;
             match error_log {
-                Some(p) => {
-                    let f = OpenOptions::new().create(true).append(true).open(p)?;
+                Some(f) => {
                     dup2(f.as_raw_fd(), 2)?;
                 }
                 None => {

@@ -37,6 +37,10 @@
 //! * [`health`]: the checker thread and the shared health bitmap.
 //! * [`signals`]: the signal thread: drain, upgrade, log reopen.
 //! * [`daemon`]: `-d`, the pid file, files written atomically.
+//! * [`notify`]: systemd readiness (`Type=notify`): READY, RELOADING,
+//!   STOPPING, MAINPID.
+//! * [`preflight`]: what `-t` and a start check beyond the YAML: the files
+//!   the configuration names can be created.
 //! * [`upgrade`]: the listening-socket hand-over (SCM_RIGHTS).
 //! * [`logging`]: log setup and reopen.
 //! * [`metrics`]: per-worker counters and histograms, `.hgrm` and Prometheus output.
@@ -61,7 +65,9 @@ pub(crate) mod idle;
 pub(crate) mod listener;
 pub(crate) mod logging;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub(crate) mod park;
+pub(crate) mod preflight;
 pub(crate) mod proxy;
 pub(crate) mod route;
 pub(crate) mod shard;
@@ -89,6 +95,16 @@ pub enum StartError {
     /// `-u`: the sockets could not be taken over.
     #[error("upgrade: cannot take over the listening sockets: {0}")]
     Upgrade(#[from] upgrade::UpgradeError),
+    /// A file the configuration names could not be opened.
+    #[error("config key `{key}`: cannot open {}: {source}", path.display())]
+    Open {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Logging, signals or threads could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -103,13 +119,36 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
 
+fn open_err(
+    key: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StartError {
+    let path = path.to_owned();
+    move |source| StartError::Open { key, path, source }
+}
+
 /// Runs lbd as the command line says; returns when it exits.
 pub fn run(cli: cli::Cli) -> Result<(), StartError> {
-    let config = config::Config::load(&cli.conf, cli.threads)?;
+    if let Some(dir) = &cli.gen_assets {
+        return cli::generate_assets(dir).map_err(io_err("cannot write the generated files"));
+    }
+    let Some(conf) = &cli.conf else {
+        // clap requires -c unless --gen-assets is given.
+        return Err(StartError::Io {
+            what: "no configuration file (-c)",
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    };
+    let config = config::Config::load(conf, cli.threads)?;
+    preflight::check(&config)?;
     if cli.test {
+        // What a start would log before serving, on stderr; still exit 0.
+        for w in &config.warnings {
+            eprintln!("lbd: warning: {w}");
+        }
         println!(
             "lbd: configuration file {} test is successful",
-            cli.conf.display()
+            conf.display()
         );
         return Ok(());
     }
@@ -118,8 +157,11 @@ pub fn run(cli: cli::Cli) -> Result<(), StartError> {
     }
     // Daemonize before any thread exists.
     let mut readiness = if cli.daemon || config.daemon {
-        let r =
-            daemon::daemonize(config.error_log.as_deref()).map_err(io_err("cannot daemonize"))?;
+        let log_file = match &config.error_log {
+            Some(p) => Some(daemon::open_log(p).map_err(open_err("error_log", p))?),
+            None => None,
+        };
+        let r = daemon::daemonize(log_file).map_err(io_err("cannot daemonize"))?;
         if config.error_log.is_some() {
             logging::stderr_is_log();
         }
@@ -141,7 +183,11 @@ fn start(
     config: config::Config,
     readiness: &mut daemon::Readiness,
 ) -> Result<(), StartError> {
-    logging::init(config.error_log.as_deref()).map_err(io_err("cannot open error_log"))?;
+    if let Some(p) = &config.error_log {
+        logging::init(Some(p)).map_err(open_err("error_log", p))?;
+    } else {
+        logging::init(None).map_err(io_err("cannot start logging"))?;
+    }
     for w in &config.warnings {
         log::warn!("{w}");
     }
@@ -158,7 +204,10 @@ fn start(
             config.upgrade_sock.display()
         );
         let received = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
-        log::info!("upgrade: received {} listening sockets", received.len());
+        log::info!(
+            "upgrade: received {}",
+            logging::count(received.len(), "listening socket", "listening sockets")
+        );
         listener::adopt_all(&config, config.threads, received)?
     } else {
         listener::bind_all(&config, config.threads)?
@@ -193,7 +242,7 @@ fn start(
     let mut access: Vec<Option<(access_log::Format, access_log::WorkerLink)>> =
         match &config.access_log {
             Some((path, format)) => access_log::start(path.clone(), config.threads)
-                .map_err(io_err("cannot open access_log"))?
+                .map_err(open_err("access_log.path", path))?
                 .into_iter()
                 .map(|l| Some((*format, l)))
                 .collect(),
@@ -227,12 +276,14 @@ fn start(
         daemon::write_pid_file(p)?;
     }
     log::info!(
-        "lbd {} started (pid {}): {} workers, {} listeners",
+        "lbd {} started (pid {}): {}, {}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        workers.len(),
-        config.listeners.len()
+        logging::count(workers.len(), "worker", "workers"),
+        logging::count(config.listeners.len(), "listener", "listeners")
     );
+    // systemd first: by the time a `-d` parent exits, systemd knows who serves.
+    notify::ready();
     readiness.ready();
     signals::run(
         &signals,
@@ -282,7 +333,10 @@ fn dump_latency<'a>(
         let now = std::time::SystemTime::now();
         let start = since.replace(now);
         if got < config.threads {
-            log::warn!("SIGUSR1: only {got} of {} workers answered", config.threads);
+            log::warn!(
+                "SIGUSR1: only {got} of {} answered",
+                logging::count(config.threads, "worker", "workers")
+            );
         }
         let path = metrics::histogram_path(config);
         match daemon::write_atomic(&path, metrics::hgrm(&h, start, now).as_bytes()) {

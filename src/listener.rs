@@ -75,7 +75,10 @@ pub fn bind_all(
             }
             w.push((s.into(), index));
         }
-        log::info!("listening on {addr} ({workers} SO_REUSEPORT sockets)");
+        log::info!(
+            "listening on {addr} ({})",
+            crate::logging::count(workers, "SO_REUSEPORT socket", "SO_REUSEPORT sockets")
+        );
     }
     Ok(per_worker)
 }
@@ -127,7 +130,8 @@ pub fn adopt_all(
             w.push((s.into(), index));
         }
         log::info!(
-            "upgrade: adopted {n} listening sockets for {}{}",
+            "upgrade: adopted {} for {}{}",
+            crate::logging::count(n, "listening socket", "listening sockets"),
             l.address,
             if workers > n {
                 format!(", opened {} more", workers - n)

@@ -91,6 +91,11 @@ pub fn init(error_log: Option<&Path>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `n` and the noun in the right number: `1 worker`, `2 workers`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Reopens `error_log` (SIGHUP), so a rotated file is let go.
 pub fn reopen() {
     let Ok(mut g) = LOG_FILE.lock() else { return };

@@ -59,26 +59,36 @@ pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
         match set.wait() {
             Ok(Signal::SIGINT) => {
                 log::info!("SIGINT: fast shutdown");
+                crate::notify::stopping();
                 return;
             }
             Ok(Signal::SIGTERM) => {
                 log::info!("SIGTERM: graceful shutdown");
+                crate::notify::stopping();
                 drain(&lc);
                 return;
             }
             Ok(Signal::SIGQUIT) => {
                 log::info!(
-                    "SIGQUIT: handing {} listening sockets to a new process on {}",
-                    lc.sockets.len(),
+                    "SIGQUIT: handing {} to a new process on {}",
+                    crate::logging::count(
+                        lc.sockets.len(),
+                        "listening socket",
+                        "listening sockets"
+                    ),
                     lc.config.upgrade_sock.display()
                 );
+                crate::notify::reloading();
                 let fds: Vec<(SocketAddr, i32)> = lc
                     .sockets
                     .iter()
                     .map(|(a, f)| (*a, f.as_raw_fd()))
                     .collect();
                 match crate::upgrade::send(&lc.config.upgrade_sock, &fds, lc.config.upgrade_wait) {
-                    Ok(()) => {
+                    Ok(new_pid) => {
+                        // Before the drain: systemd must know who serves
+                        // before this process can exit.
+                        crate::notify::handed_over(new_pid);
                         log::info!("upgrade: listening sockets sent; draining");
                         // Our copies are no longer needed: the new process
                         // holds the sockets.
@@ -88,6 +98,7 @@ pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
                     }
                     Err(e) => {
                         log::error!("upgrade failed, still serving: {e}");
+                        crate::notify::still_serving();
                     }
                 }
             }

@@ -135,12 +135,13 @@ fn decode(p: &[u8]) -> Result<Header, UpgradeError> {
 }
 
 /// Old process: sends `sockets` to the new process listening on `path`.
-/// Returns once the new process acknowledged all of them.
+/// Returns once the new process acknowledged all of them, with the new
+/// process's pid when the kernel tells it (SO_PEERCRED).
 pub fn send(
     path: &Path,
     sockets: &[(SocketAddr, RawFd)],
     wait: Duration,
-) -> Result<(), UpgradeError> {
+) -> Result<Option<u32>, UpgradeError> {
     if sockets.is_empty() {
         return Err(UpgradeError::Protocol("no sockets to send"));
     }
@@ -188,7 +189,10 @@ pub fn send(
     if n != 8 || &ack[..4] != ACK || u32::from_be_bytes([ack[4], ack[5], ack[6], ack[7]]) != total {
         return Err(UpgradeError::Protocol("bad acknowledgement"));
     }
-    Ok(())
+    // Who took the sockets (it bound `upgrade_sock` after any fork), for
+    // systemd's MAINPID.
+    let peer = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials);
+    Ok(peer.ok().and_then(|c| u32::try_from(c.pid()).ok()))
 }
 
 fn set_timeouts(sock: &OwnedFd, t: Duration) -> Result<(), UpgradeError> {
@@ -368,7 +372,8 @@ mod tests {
             &[(a1, l1.as_raw_fd()), (a2, l2.as_raw_fd())],
             Duration::from_secs(5),
         );
-        assert!(sent.is_ok(), "{sent:?}");
+        // The peer is this very process (the receiver is a thread of it).
+        assert_eq!(sent.expect("sent"), Some(std::process::id()));
         let got = rx.join().unwrap().expect("received");
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].0, got[1].0), (a1, a2));

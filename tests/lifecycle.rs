@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -28,24 +28,9 @@ fn base_conf(dir: &Path, port: u16, backends: &[u16]) -> LbdConf {
     ))
 }
 
-/// Starts lbd in the foreground with stderr appended to `dir/log-N`.
+/// Starts lbd in the foreground with stderr appended to `log`.
 fn spawn(conf: &Path, threads: usize, args: &[&str], log: &Path) -> Child {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(LBD)
-        .arg("-c")
-        .arg(conf)
-        .arg("--threads")
-        .arg(threads.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(f))
-        .spawn()
-        .expect("spawn lbd")
+    support::spawn_lbd(conf, threads, args, &[], log)
 }
 
 fn wait_port(port: u16) {

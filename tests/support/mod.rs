@@ -106,6 +106,35 @@ fn lbd_command(config_path: &Path, threads: usize, dir: &Path, stderr_path: &Pat
     cmd
 }
 
+/// Starts `lbd -c conf --threads N <args>` in the foreground with `env`
+/// added and stderr appended to `log` (several processes may share one log,
+/// as an old and a new one do around an upgrade). Not killed on drop.
+pub fn spawn_lbd(
+    conf: &Path,
+    threads: usize,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    log: &Path,
+) -> Child {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("-c")
+        .arg(conf)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(f))
+        .spawn()
+        .expect("spawn lbd")
+}
+
 /// A running lbd process; killed on drop. On a failing test the tail of its
 /// stderr is printed (and the temp dir kept).
 pub struct Lbd {
