@@ -93,6 +93,9 @@ pub struct Entry<'a> {
     /// The route that matched, named as in the config (`routes[2]`), on
     /// listeners with `routes:`.
     pub route: Option<&'a str>,
+    /// For an upgraded connection, logged when it closed: bytes carried
+    /// (client to backend, backend to client).
+    pub tunnel: Option<(u64, u64)>,
 }
 
 /// Per-worker formatter with a cached timestamp.
@@ -166,6 +169,9 @@ impl WorkerLog {
                     if let Some(r) = e.route {
                         let _ = write!(b, " route={r}");
                     }
+                    if let Some((up, down)) = e.tunnel {
+                        let _ = write!(b, " tunnel_bytes={up}/{down}");
+                    }
                 }
             }
             Format::Json => {
@@ -192,6 +198,9 @@ impl WorkerLog {
                 }
                 if let Some(r) = e.route {
                     let _ = write!(b, ",\"route\":\"{r}\"");
+                }
+                if let Some((up, down)) = e.tunnel {
+                    let _ = write!(b, ",\"tunnel_bytes_up\":{up},\"tunnel_bytes_down\":{down}");
                 }
                 b.push(b'}');
             }
@@ -327,6 +336,7 @@ mod tests {
             duration: Duration::from_micros(1500),
             upstream: Some("127.0.0.1:8081".parse().unwrap()),
             route: None,
+            tunnel: None,
         }
     }
 

@@ -556,6 +556,10 @@ struct RawUpstream {
     /// (Envoy's panic mode). Default: off.
     #[serde(default)]
     panic_threshold_percent: Option<u32>,
+    /// Protocols clients may upgrade to through this group (RFC 9110
+    /// §7.8). Default `[websocket]`.
+    #[serde(default)]
+    upgrade_protocols: Option<Vec<String>>,
 }
 
 /// `upstreams`: at least one group, each checked in name order (the order
@@ -619,6 +623,7 @@ impl RawUpstream {
                 panic_threshold_percent: self.panic_threshold_percent,
             },
         )?;
+        let upgrade_protocols = self.upgrade_protocols(name)?;
         Ok(UpstreamConfig {
             name: name.to_owned(),
             backends,
@@ -626,7 +631,30 @@ impl RawUpstream {
             tls,
             host,
             balance,
+            upgrade_protocols,
         })
+    }
+
+    /// `upstreams.<name>.upgrade_protocols`: protocol names (tokens),
+    /// lower-cased; default `websocket`.
+    fn upgrade_protocols(&self, name: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
+        let Some(list) = &self.upgrade_protocols else {
+            return Ok(vec![b"websocket".to_vec()]);
+        };
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if p.is_empty() || !p.bytes().all(token) {
+                    return Err(invalid(
+                        format!("upstreams.{name}.upgrade_protocols[{i}]"),
+                        p,
+                        "must be a protocol name such as `websocket`",
+                    ));
+                }
+                Ok(p.to_ascii_lowercase().into_bytes())
+            })
+            .collect()
     }
 
     /// `upstreams.<name>.host`: a host name (no spaces, controls or `/`).
@@ -887,6 +915,13 @@ struct RawLimits {
     /// Longest chunk extension on one chunk-size line (both directions), then 400/502. Default 4096.
     #[serde(default)]
     max_chunk_extension_bytes: Option<usize>,
+    /// An upgraded connection (WebSocket) with no byte either way for this
+    /// long is closed. Default 3600000 (idle WebSockets send pings).
+    #[serde(default)]
+    tunnel_idle_timeout_ms: Option<u64>,
+    /// Upgraded connections per worker; past it upgrade requests get 503. Default 4096.
+    #[serde(default)]
+    max_tunnels_per_worker: Option<usize>,
 }
 
 impl RawLimits {
@@ -926,12 +961,20 @@ impl RawLimits {
             1..=65_536,
             "must be from 1 to 65536",
         )?;
+        let max_tunnels_per_worker = in_range(
+            "limits.max_tunnels_per_worker",
+            self.max_tunnels_per_worker
+                .unwrap_or(d.max_tunnels_per_worker),
+            1..,
+            "must be at least 1",
+        )?;
         Ok(Limits {
             keepalive_requests,
             max_head_bytes,
             max_headers,
             max_connections_per_worker,
             max_chunk_extension_bytes,
+            max_tunnels_per_worker,
             ..timeouts
         })
     }
@@ -980,6 +1023,11 @@ impl RawLimits {
                 "client_write_timeout_ms",
                 self.client_write_timeout_ms,
                 d.client_write_timeout,
+            )?,
+            tunnel_idle_timeout: ms(
+                "tunnel_idle_timeout_ms",
+                self.tunnel_idle_timeout_ms,
+                d.tunnel_idle_timeout,
             )?,
             ..d
         })
@@ -1054,6 +1102,8 @@ pub struct UpstreamConfig {
     pub host: Option<String>,
     /// How it balances.
     pub balance: BalanceConfig,
+    /// `upgrade_protocols`, lower-case.
+    pub upgrade_protocols: Vec<Vec<u8>>,
 }
 
 /// What a health check does.
@@ -1127,6 +1177,10 @@ pub struct Limits {
     pub max_connections_per_worker: usize,
     /// `limits.max_chunk_extension_bytes`.
     pub max_chunk_extension_bytes: usize,
+    /// `limits.tunnel_idle_timeout_ms`.
+    pub tunnel_idle_timeout: Duration,
+    /// `limits.max_tunnels_per_worker`.
+    pub max_tunnels_per_worker: usize,
 }
 
 /// Hard ceiling on `limits.max_headers`: the parser's header array lives on
@@ -1149,6 +1203,8 @@ impl Default for Limits {
             client_write_timeout: Duration::from_secs(60),
             max_connections_per_worker: 16384,
             max_chunk_extension_bytes: crate::http::chunked::MAX_CHUNK_EXT_LEN,
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            max_tunnels_per_worker: 4096,
         }
     }
 }

@@ -54,6 +54,9 @@ pub enum ErrorKind {
     /// The TLS handshake with the backend failed (nothing was sent).
     #[error("TLS handshake with upstream failed: {0}")]
     TlsHandshake(std::io::Error),
+    /// The worker already holds `limits.max_tunnels_per_worker` tunnels.
+    #[error("too many upgraded connections on this worker")]
+    TunnelLimit,
     /// lbd ran out of descriptors, ports or memory opening a connection.
     #[error("out of local resources: {0}")]
     LocalResources(std::io::Error),
@@ -196,7 +199,7 @@ impl ProxyError {
             | ErrorKind::BadResponseBody(_)
             | ErrorKind::UpstreamTruncated => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::NoUpstream | ErrorKind::LocalResources(_) => 503,
+            ErrorKind::NoUpstream | ErrorKind::LocalResources(_) | ErrorKind::TunnelLimit => 503,
         })
     }
 }

@@ -21,6 +21,8 @@
 //! * [`route`]: which upstream group a request goes to.
 //! * [`proxy`]: one exchange, protocol-neutral: request to a backend,
 //!   response back; retries; pooling after an exact end.
+//! * [`tunnel`]: the byte tunnel an upgraded connection (WebSocket) becomes
+//!   after its `101`.
 //! * [`upstream`]: the backend registry with stable ids and a worker's view
 //!   of it: selection ([`upstream::select`]), idle connections
 //!   ([`upstream::pool`]), passive marks ([`upstream::marks`]), checkout or
@@ -74,6 +76,7 @@ pub(crate) mod shard;
 pub(crate) mod signals;
 pub(crate) mod stream;
 pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;
 pub(crate) mod worker;

@@ -103,6 +103,14 @@ pub struct WorkerMetrics {
     /// Idle client connections parked without a task (gauge, part of
     /// `connections_active`).
     pub connections_parked: Counter,
+    /// Upgraded connections (tunnels) open now (gauge).
+    pub tunnels_active: Counter,
+    /// Tunnels opened.
+    pub tunnels_total: Counter,
+    /// Bytes tunnels carried from clients to backends.
+    pub tunnel_bytes_upstream: Counter,
+    /// Bytes tunnels carried from backends to clients.
+    pub tunnel_bytes_downstream: Counter,
     /// By global backend id.
     pub backends: Box<[BackendCounters]>,
 }
@@ -115,6 +123,10 @@ impl WorkerMetrics {
             connections_active: Counter::default(),
             connections_total: Counter::default(),
             connections_parked: Counter::default(),
+            tunnels_active: Counter::default(),
+            tunnels_total: Counter::default(),
+            tunnel_bytes_upstream: Counter::default(),
+            tunnel_bytes_downstream: Counter::default(),
             backends: (0..backends).map(|_| BackendCounters::default()).collect(),
         }
     }
@@ -389,6 +401,31 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         "Client connections accepted.",
         sum(w, |m| m.connections_total.get()),
     );
+
+    scalar(
+        &mut o,
+        "lbd_tunnels_active",
+        "gauge",
+        "Upgraded connections (WebSocket tunnels) open now.",
+        sum(w, |m| m.tunnels_active.get()),
+    );
+    scalar(
+        &mut o,
+        "lbd_tunnels_total",
+        "counter",
+        "Upgraded connections (WebSocket tunnels) opened.",
+        sum(w, |m| m.tunnels_total.get()),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP lbd_tunnel_bytes_total Bytes carried by tunnels, by direction.\n# TYPE lbd_tunnel_bytes_total counter"
+    );
+    for (dir, v) in [
+        ("upstream", sum(w, |m| m.tunnel_bytes_upstream.get())),
+        ("downstream", sum(w, |m| m.tunnel_bytes_downstream.get())),
+    ] {
+        let _ = writeln!(o, "lbd_tunnel_bytes_total{{direction=\"{dir}\"}} {v}");
+    }
 
     let families: [Family; 5] = [
         (

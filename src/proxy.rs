@@ -24,10 +24,13 @@ use crate::buffer::{self, InBuf};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::Body;
 use crate::http::request::{Parsed, RequestHead};
-use crate::http::response::{parse_response, ResponseHead, ResponseView, MAX_RESPONSE_HEAD_BYTES};
+use crate::http::response::{
+    parse_response_to, ResponseHead, ResponseView, MAX_RESPONSE_HEAD_BYTES,
+};
 use crate::http::rewrite::{ClientHead, SetCookie};
 use crate::shard::Shard;
 use crate::stream::Stream;
+use crate::tunnel::Carried;
 use crate::upstream::connect::{acquire, reacquire, Attempts, Upstream};
 use crate::upstream::{Affinity, BackendId};
 
@@ -44,6 +47,9 @@ pub(crate) struct Request {
     pub(crate) head: RequestHead,
     /// lbd closes the client connection after this exchange.
     pub(crate) close_client: bool,
+    /// The upgrade the request asks for (an index into its group's
+    /// `upgrade_protocols`), when the group allows it.
+    pub(crate) upgrade: Option<usize>,
 }
 
 /// How an exchange failed.
@@ -78,6 +84,9 @@ pub(crate) struct Done {
     pub(crate) body_bytes: u64,
     /// The backend that answered.
     pub(crate) backend: BackendId,
+    /// The connection was switched to a tunnel (it is closed now), with the
+    /// bytes it carried.
+    pub(crate) tunnel: Option<Carried>,
 }
 
 /// The client's side of one exchange, as the upstream half needs it.
@@ -109,6 +118,10 @@ pub(crate) trait Downstream {
         set_cookie: Option<SetCookie<'_>>,
         out: &mut Vec<u8>,
     ) -> ClientHead;
+
+    /// After a `101`: relays bytes both ways between the client and `up`
+    /// until the tunnel ends.
+    async fn tunnel(&mut self, up: &mut Stream) -> Carried;
 
     /// Writes `buf[start..end]` (response bytes) to the client; hands the
     /// buffer back.
@@ -294,7 +307,8 @@ async fn read_response_head<'s, D: Downstream>(
                         value,
                         max_age,
                     });
-                parse_response(ub.data(), req.head.is_head, |v| {
+                let upgrade = req.upgrade.and_then(|i| ups.upgrade_protocol(req.group, i));
+                parse_response_to(ub.data(), req.head.is_head, upgrade, |v| {
                     down.encode_head(v, close, set_cookie, &mut hbuf)
                 })
             };
@@ -370,6 +384,9 @@ async fn relay_response<D: Downstream>(
     mut ub: InBuf,
     mut obuf: Vec<u8>,
 ) -> Result<Done, Failure> {
+    if resp.switched {
+        return switch(shard, down, up, resp, ub, obuf).await;
+    }
     let limits = &shard.config.limits;
     let mut body = Body::new(resp.framing, limits.max_chunk_extension_bytes);
     let mut body_bytes: u64 = 0;
@@ -421,6 +438,34 @@ async fn relay_response<D: Downstream>(
         status: resp.status,
         body_bytes,
         backend: up.backend,
+        tunnel: None,
+    })
+}
+
+/// After a `101`: the client gets the head with whatever the backend sent
+/// after it, then the connection is a tunnel until either side ends it.
+async fn switch<D: Downstream>(
+    shard: &Shard,
+    down: &mut D,
+    mut up: Upstream<'_>,
+    resp: ResponseHead,
+    ub: InBuf,
+    mut obuf: Vec<u8>,
+) -> Result<Done, Failure> {
+    obuf.extend_from_slice(ub.data());
+    ub.release();
+    shard.metrics.response(resp.status);
+    let len = obuf.len();
+    let (res, ob) = down.write(obuf, 0, len).await;
+    buffer::give(ob);
+    res.map_err(Failure::Close)?;
+    let carried = down.tunnel(&mut up.stream).await;
+    Ok(Done {
+        close_client: true,
+        status: resp.status,
+        body_bytes: carried.downstream,
+        backend: up.backend,
+        tunnel: Some(carried),
     })
 }
 

@@ -88,6 +88,8 @@ pub(crate) struct Finished {
     pub(crate) upstream: Option<SocketAddr>,
     /// (listener, route) that served it.
     pub(crate) route: Option<(usize, usize)>,
+    /// For a tunnel: bytes carried (up, down).
+    pub(crate) tunnel: Option<(u64, u64)>,
 }
 
 /// Everything one worker's tasks share. Lives in an `Rc`: single-threaded.
@@ -103,6 +105,8 @@ pub(crate) struct Shard {
     pub(crate) scratch: RefCell<PathScratch>,
     /// Client connections currently open on this worker.
     pub(crate) active: Cell<usize>,
+    /// Upgraded connections (tunnels) open on this worker.
+    pub(crate) tunnels: Cell<usize>,
     /// Deadlines of idle client connections.
     pub(crate) idle: IdleTimers,
     /// Idle keep-alive connections parked without a task.
@@ -145,6 +149,7 @@ impl Shard {
             shared,
             upstreams: RefCell::new(upstreams),
             active: Cell::new(0),
+            tunnels: Cell::new(0),
             idle: IdleTimers::default(),
             lot: ParkingLot::new(),
             clock: Cell::new(Instant::now()),
@@ -192,6 +197,7 @@ impl Shard {
             .connections_active
             .set(self.active.get() as u64);
         self.metrics.connections_parked.set(self.lot.len() as u64);
+        self.metrics.tunnels_active.set(self.tunnels.get() as u64);
         self.upstreams.borrow().publish();
     }
 
@@ -239,6 +245,7 @@ impl Shard {
             duration: done.elapsed,
             upstream: done.upstream,
             route: done.route.and_then(|(l, r)| self.routes.get(l)?.name(r)),
+            tunnel: done.tunnel,
         };
         a.log.push(&entry, std::time::SystemTime::now());
         if a.log.buf.len() >= access_log::FLUSH_BYTES {

@@ -38,6 +38,7 @@ use crate::proxy::{self, BodyEnd, Downstream, Failure, Request};
 use crate::route::Route;
 use crate::shard::{Finished, Shard};
 use crate::stream::{Stream, Watch, Watched};
+use crate::tunnel::{self, Carried, TunnelLimits};
 use crate::upstream::Affinity;
 
 /// Serves one client connection until it closes, errs, times out or parks.
@@ -278,6 +279,7 @@ async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut 
         http10,
         add_response_headers: &routes.config(p.route).add_response_headers,
         body_done: p.req.head.framing == Framing::None,
+        upgrade: p.req.upgrade.is_some(),
     };
     let result = proxy::forward(shard, &mut down, &p.req, p.obuf).await;
     // Request bytes may still be on their way: close in stages.
@@ -297,8 +299,12 @@ async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut 
                 elapsed,
                 upstream,
                 route: Some((conn.info.listener, p.route)),
+                tunnel: done.tunnel.map(|t| (t.upstream, t.downstream)),
             };
             shard.finish(finished, true);
+            if done.tunnel.is_some() {
+                return Next::Close;
+            }
             match done.close_client {
                 false => Next::Keep,
                 true if unread || !cb.is_empty() => Next::Linger,
@@ -322,6 +328,7 @@ async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut 
                 elapsed,
                 upstream: None,
                 route: Some((conn.info.listener, p.route)),
+                tunnel: None,
             };
             shard.finish(finished, true);
             if unread || !cb.is_empty() {
@@ -361,6 +368,7 @@ async fn read_head(
                     head,
                     route,
                     affinity,
+                    upgrade,
                 })) => {
                     let started = std::time::Instant::now();
                     let fields = shard.access_fields(&cb.data()[..head.head_len]);
@@ -373,6 +381,7 @@ async fn read_head(
                         affinity,
                         head,
                         close_client,
+                        upgrade,
                     };
                     return Ok(Prepared {
                         req,
@@ -422,6 +431,8 @@ struct Routed {
     head: RequestHead,
     route: Route,
     affinity: Affinity,
+    /// An allowed upgrade (index into the group's `upgrade_protocols`).
+    upgrade: Option<usize>,
 }
 
 /// Parses the head at the start of `buf`, routes it and writes the upstream
@@ -449,12 +460,19 @@ fn prepare(
         };
         let rc = routes.config(route.index);
         let ups = shard.upstreams.borrow();
+        let upgrade = v
+            .upgrade_protocol()
+            .and_then(|p| ups.upgrade_allowed(route.group, p));
+        if upgrade.is_some() && shard.tunnels.get() >= shard.config.limits.max_tunnels_per_worker {
+            return Err(Reject::TunnelLimit);
+        }
         let fwd = Forwarding {
             client_ip: info.peer.ip(),
             default_host: ups.default_host(route.group),
             host_override: rc.set_host.as_deref().or(ups.host_override(route.group)),
             remove: &rc.remove_request_headers,
             add: &rc.add_request_headers,
+            upgrade: upgrade.and(v.upgrade),
         };
         write_upstream_head(&RequestView { path, ..*v }, &fwd, obuf);
         let affinity = ups.affinity(route.group, info.peer.ip(), v);
@@ -462,6 +480,7 @@ fn prepare(
             head: v.head,
             route,
             affinity,
+            upgrade,
         })
     });
     let bad = |e| ProxyError::downstream(ErrorKind::BadRequest(e));
@@ -473,6 +492,9 @@ fn prepare(
         Parsed::Complete(Err(Reject::Misdirected)) => {
             Err(ProxyError::downstream(ErrorKind::Misdirected))
         }
+        Parsed::Complete(Err(Reject::TunnelLimit)) => {
+            Err(ProxyError::internal(ErrorKind::TunnelLimit))
+        }
     }
 }
 
@@ -481,6 +503,7 @@ enum Reject {
     Bad(RequestError),
     NoRoute,
     Misdirected,
+    TunnelLimit,
 }
 
 impl From<RequestError> for Reject {
@@ -528,6 +551,7 @@ async fn reject(
         elapsed: waited,
         upstream: None,
         route: None,
+        tunnel: None,
     };
     shard.finish(finished, false);
     respond_error(shard, client, &err, buf).await;
@@ -556,6 +580,8 @@ struct H1Exchange<'a> {
     add_response_headers: &'a [HeaderPair],
     /// The whole request body was read.
     body_done: bool,
+    /// The request asked for an upgrade lbd forwarded.
+    upgrade: bool,
 }
 
 fn client_io(e: io::Error) -> ProxyError {
@@ -679,15 +705,37 @@ impl Downstream for H1Exchange<'_> {
         set_cookie: Option<SetCookie<'_>>,
         out: &mut Vec<u8>,
     ) -> ClientHead {
+        // Bytes the client sent after an upgrade request are not a next
+        // request: without the switch, the connection closes instead.
+        let held = self.upgrade && !self.cb.is_empty() && !resp.head.switched;
         let ctx = ClientContext {
             http10: self.http10,
-            close_client: close,
+            close_client: close || held,
         };
         let extras = ResponseExtras {
             headers: self.add_response_headers,
             set_cookie,
         };
         write_client_head(resp, ctx, &extras, out)
+    }
+
+    async fn tunnel(&mut self, up: &mut Stream) -> Carried {
+        let shard = self.shard;
+        let limits = &shard.config.limits;
+        shard.tunnels.set(shard.tunnels.get() + 1);
+        shard.metrics.tunnels_total.inc();
+        let tl = TunnelLimits {
+            idle: limits.tunnel_idle_timeout,
+            write: limits.client_write_timeout.max(limits.upstream_body_timeout),
+        };
+        // What the client sent after its upgrade request goes first.
+        let carried = tunnel::relay(self.client, up, self.cb.data(), tl).await;
+        let used = self.cb.data().len();
+        self.cb.consume(used);
+        shard.tunnels.set(shard.tunnels.get() - 1);
+        shard.metrics.tunnel_bytes_upstream.add(carried.upstream);
+        shard.metrics.tunnel_bytes_downstream.add(carried.downstream);
+        carried
     }
 
     async fn write(

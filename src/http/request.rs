@@ -97,6 +97,21 @@ pub struct RequestView<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// The `Content-Length` value, if one was sent.
     pub content_length: Option<u64>,
+    /// The `Upgrade` list of an HTTP/1.1 GET that also says `Connection:
+    /// upgrade` (RFC 9110 §7.8); `None` otherwise.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+impl RequestView<'_> {
+    /// The first protocol of the `Upgrade` list, if an upgrade was asked
+    /// (`websocket`, `h2c`...): lower-case compared by callers.
+    pub fn upgrade_protocol(&self) -> Option<&[u8]> {
+        let first = self.upgrade?.split(|&b| b == b',').next()?;
+        let proto = super::trim_ows(first);
+        // `websocket/13`: the name before a version.
+        let name = proto.split(|&b| b == b'/').next().unwrap_or(proto);
+        (!name.is_empty()).then_some(name)
+    }
 }
 
 impl RequestView<'_> {
@@ -162,6 +177,8 @@ pub fn parse_request<R>(
     let mut host: Option<&[u8]> = None;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut upgrade_token = false;
+    let mut upgrade: Option<&[u8]> = None;
     let mut expect_continue = false;
     for h in headers {
         let name = h.name.as_bytes();
@@ -192,8 +209,15 @@ pub fn parse_request<R>(
                     close = true;
                 } else if tok.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
+                } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                    upgrade_token = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            if upgrade.is_some() {
+                return Err(RequestError::Bad("duplicate Upgrade"));
+            }
+            upgrade = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 // RFC 9110 §10.1.1: ignore Expect from HTTP/1.0 clients.
@@ -249,6 +273,10 @@ pub fn parse_request<R>(
         http10,
         expect_continue: expect_continue && framing != Framing::None,
     };
+    // RFC 9110 §7.8: an upgrade is asked with `Connection: upgrade` and an
+    // `Upgrade` list; lbd tunnels only a GET from an HTTP/1.1 client (a body
+    // or HTTP/1.0 upgrade is forwarded as an ordinary request).
+    let upgrade = upgrade.filter(|_| upgrade_token && !http10 && method == b"GET");
     Ok(Parsed::Complete(f(&RequestView {
         head,
         method,
@@ -257,6 +285,7 @@ pub fn parse_request<R>(
         host,
         headers,
         content_length,
+        upgrade,
     })))
 }
 

@@ -51,6 +51,9 @@ pub struct ResponseHead {
     /// The upstream connection may be reused after the body (keep-alive, not
     /// close-delimited).
     pub upstream_reusable: bool,
+    /// `101 Switching Protocols` to the upgrade the request asked for: the
+    /// connection becomes a tunnel after this head.
+    pub switched: bool,
 }
 
 /// A parsed response head, borrowed from the input.
@@ -64,6 +67,8 @@ pub struct ResponseView<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// `Content-Length` as sent (HEAD and 304 carry the full length).
     pub content_length: Option<u64>,
+    /// The `Upgrade` value of a `101` (what the connection switched to).
+    pub upgrade: Option<&'a [u8]>,
 }
 
 /// Parses an upstream response head; a complete head is handed to `f` as a
@@ -72,6 +77,19 @@ pub struct ResponseView<'a> {
 pub fn parse_response<R>(
     buf: &[u8],
     is_head: bool,
+    f: impl FnOnce(&ResponseView<'_>) -> R,
+) -> Result<Parsed<(ResponseHead, R)>, ResponseError> {
+    parse_response_to(buf, is_head, None, f)
+}
+
+/// [`parse_response`] for a request that asked to upgrade to `upgrade` (a
+/// lower-case protocol name): a `101` whose `Upgrade` names that protocol
+/// is accepted as the switch; any other `101` is refused (RFC 9110 §7.8: a
+/// proxy must not switch on an answer to a question nobody asked).
+pub fn parse_response_to<R>(
+    buf: &[u8],
+    is_head: bool,
+    upgrade: Option<&[u8]>,
     f: impl FnOnce(&ResponseView<'_>) -> R,
 ) -> Result<Parsed<(ResponseHead, R)>, ResponseError> {
     let mut storage =
@@ -101,11 +119,12 @@ pub fn parse_response<R>(
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
     let reason = resp.reason.unwrap_or("");
-    if code == 101 {
+    let fields = scan_headers(resp.headers, minor)?;
+    let switched = code == 101;
+    if switched && !switches_to(upgrade, fields.upgrade) {
         return Err(ResponseError::UnexpectedSwitch);
     }
-    let fields = scan_headers(headers, minor)?;
-    let interim = (100..200).contains(&code);
+    let interim = (100..200).contains(&code) && !switched;
     let framing = if interim {
         Framing::None
     } else {
@@ -116,29 +135,46 @@ pub fn parse_response<R>(
         status: code,
         interim,
         framing,
-        upstream_reusable: !fields.upstream_close && framing != Framing::UntilClose,
+        upstream_reusable: !switched && !fields.upstream_close && framing != Framing::UntilClose,
+        switched,
     };
     let view = ResponseView {
         head,
         reason,
         headers,
         content_length: fields.content_length,
+        upgrade: fields.upgrade.filter(|_| switched),
     };
     Ok(Parsed::Complete((head, f(&view))))
 }
 
 /// What the header scan found.
-struct Fields {
+struct Fields<'a> {
     content_length: Option<u64>,
     has_te: bool,
     upstream_close: bool,
+    upgrade: Option<&'a [u8]>,
 }
 
-fn scan_headers(headers: &[httparse::Header<'_>], minor: u8) -> Result<Fields, ResponseError> {
+/// True if a `101`'s `Upgrade` value names the protocol that was asked.
+fn switches_to(asked: Option<&[u8]>, answered: Option<&[u8]>) -> bool {
+    let (Some(asked), Some(answered)) = (asked, answered) else {
+        return false;
+    };
+    let first = super::trim_ows(answered.split(|&b| b == b',').next().unwrap_or(answered));
+    let name = first.split(|&b| b == b'/').next().unwrap_or(first);
+    name.eq_ignore_ascii_case(asked)
+}
+
+fn scan_headers<'a>(
+    headers: &[httparse::Header<'a>],
+    minor: u8,
+) -> Result<Fields<'a>, ResponseError> {
     let mut f = Fields {
         content_length: None,
         has_te: false,
         upstream_close: minor == 0,
+        upgrade: None,
     };
     for h in headers {
         let name = h.name.as_bytes();
@@ -157,6 +193,8 @@ fn scan_headers(headers: &[httparse::Header<'_>], minor: u8) -> Result<Fields, R
             );
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             f.has_te = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            f.upgrade = Some(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for tok in list_elements(h.value) {
                 if tok.eq_ignore_ascii_case(b"close") {
@@ -173,7 +211,7 @@ fn scan_headers(headers: &[httparse::Header<'_>], minor: u8) -> Result<Fields, R
 /// The body framing of a final response (`bodyless`: HEAD, 204, 304).
 fn body_framing(
     headers: &[httparse::Header<'_>],
-    f: &Fields,
+    f: &Fields<'_>,
     bodyless: bool,
 ) -> Result<Framing, ResponseError> {
     let framing = if f.has_te {

@@ -33,6 +33,9 @@ pub struct Forwarding<'a> {
     pub remove: &'a [Vec<u8>],
     /// Headers to add after the client's.
     pub add: &'a [Header],
+    /// The `Upgrade` value to forward (with `Connection: upgrade`) when the
+    /// request's upgrade is allowed; `None` strips it as a hop-by-hop header.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 impl<'a> Forwarding<'a> {
@@ -44,6 +47,7 @@ impl<'a> Forwarding<'a> {
             host_override,
             remove: &[],
             add: &[],
+            upgrade: None,
         }
     }
 }
@@ -88,6 +92,10 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
     }
     for (name, value) in fwd.add {
         push_header(out, name, value);
+    }
+    if let Some(u) = fwd.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(out, b"Upgrade", u);
     }
     if !xff_written {
         write_xff(out, &[], fwd.client_ip);
@@ -195,6 +203,9 @@ pub fn write_client_head(
             close_client: ctx.close_client,
         };
     }
+    if h.switched {
+        return write_switch_head(resp, extras, out);
+    }
     let dechunk = h.framing == Framing::Chunked && ctx.http10;
     let close_client = ctx.close_client || ctx.http10 || h.framing == Framing::UntilClose;
     write_status_line(out, h.status, resp.reason);
@@ -224,6 +235,32 @@ pub fn write_client_head(
     ClientHead {
         dechunk,
         close_client,
+    }
+}
+
+/// The `101` a client gets: the backend's headers without hop-by-hop ones,
+/// then `Connection: upgrade` and the `Upgrade` the backend switched to; no
+/// framing (the connection is a tunnel from here on).
+fn write_switch_head(
+    resp: &ResponseView<'_>,
+    extras: &ResponseExtras<'_>,
+    out: &mut Vec<u8>,
+) -> ClientHead {
+    write_status_line(out, resp.head.status, resp.reason);
+    for hd in resp.headers {
+        let name = hd.name.as_bytes();
+        if is_hop_by_hop(name) || named_by_connection(resp.headers, name) {
+            continue;
+        }
+        push_header(out, name, hd.value);
+    }
+    write_extras(out, extras);
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    push_header(out, b"Upgrade", resp.upgrade.unwrap_or_default());
+    out.extend_from_slice(b"\r\n");
+    ClientHead {
+        dechunk: false,
+        close_client: false,
     }
 }
 

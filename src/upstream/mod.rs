@@ -197,6 +197,8 @@ struct GroupState {
     sticky: Option<Sticky>,
     slow_start_us: Option<u64>,
     panic_percent: Option<u32>,
+    /// `upgrade_protocols`, lower-case.
+    upgrades: Vec<Vec<u8>>,
 }
 
 /// One worker's state for one backend, by id: kept as long as the backend
@@ -370,6 +372,21 @@ impl Upstreams {
         Some((&s.cookie, s.ids[i].to_hex(), s.ttl_s))
     }
 
+    /// The index of `proto` among the protocols `group` lets clients
+    /// upgrade to, if it is one (case-insensitive).
+    pub(crate) fn upgrade_allowed(&self, group: usize, proto: &[u8]) -> Option<usize> {
+        self.groups
+            .get(group)?
+            .upgrades
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case(proto))
+    }
+
+    /// Upgrade protocol `i` of `group` (see [`Self::upgrade_allowed`]).
+    pub(crate) fn upgrade_protocol(&self, group: usize, i: usize) -> Option<&[u8]> {
+        self.groups.get(group)?.upgrades.get(i).map(Vec::as_slice)
+    }
+
     /// True if `group`'s balancing learns from response latency.
     pub(crate) fn uses_latency(&self, group: usize) -> bool {
         self.groups
@@ -496,5 +513,6 @@ fn group_state(registry: &Registry, g: &Group, up: &UpstreamConfig, seed: u64) -
         }),
         slow_start_us: b.slow_start.map(|d| d.as_micros() as u64),
         panic_percent: b.panic_threshold_percent,
+        upgrades: up.upgrade_protocols.clone(),
     }
 }
