@@ -84,6 +84,9 @@ pub struct ListenerRoutes {
     pub table: RouteTable,
     /// Options by route index.
     pub routes: Vec<RouteConfig>,
+    /// Built from the `upstream:` shorthand rather than `routes:` (its
+    /// access log lines name no route).
+    pub shorthand: bool,
 }
 
 impl ListenerRoutes {
@@ -95,6 +98,7 @@ impl ListenerRoutes {
                 name: "default".into(),
                 ..RouteConfig::default()
             }],
+            shorthand: true,
         }
     }
 }
@@ -134,14 +138,24 @@ pub(super) fn validate(
         });
     }
     let table = RouteTable::new(specs).map_err(|e| {
-        let key = match e.key {
-            "" => format!("listeners[{i}].routes[{}]", e.index),
-            "routes" => format!("listeners[{i}].routes"),
-            k => format!("listeners[{i}].routes[{}].{k}", e.index),
+        // Errors about a whole route or the list carry no value of their
+        // own: show what was written instead of an empty one.
+        let (key, value) = match e.key {
+            "" => (
+                format!("listeners[{i}].routes[{}]", e.index),
+                raw.get(e.index)
+                    .map_or(e.value, |r| format!("{{ upstream: {} }}", r.upstream)),
+            ),
+            "routes" => (format!("listeners[{i}].routes"), "[]".to_owned()),
+            k => (format!("listeners[{i}].routes[{}].{k}", e.index), e.value),
         };
-        invalid(key, e.value, e.reason)
+        invalid(key, value, e.reason)
     })?;
-    Ok(ListenerRoutes { table, routes })
+    Ok(ListenerRoutes {
+        table,
+        routes,
+        shorthand: false,
+    })
 }
 
 fn strip(r: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<Option<Vec<u8>>, ConfigError> {

@@ -62,9 +62,10 @@ impl Routes {
     }
 
     /// A route's name for the access log (`routes[i]`); `None` for the
-    /// `upstream:` shorthand, whose lines stay as they were.
+    /// `upstream:` shorthand, whose lines stay as they were. A `routes:`
+    /// list of one default route is still named (`routes[0]`).
     pub(crate) fn name(&self, route: usize) -> Option<&str> {
-        if self.routes.table.is_single() {
+        if self.routes.shorthand {
             return None;
         }
         self.routes.routes.get(route).map(|r| r.name.as_str())

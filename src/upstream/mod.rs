@@ -305,7 +305,7 @@ impl Upstreams {
             let weight = (panic || up(id)).then(|| {
                 let w = registry.backend(id).weight;
                 match ramp {
-                    Some(window) => select::slow_start::effective_weight(
+                    Some(window) => select::slow_start::ramped_weight(
                         w,
                         health.up_since_us(id.index()),
                         now_us,

@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -287,13 +287,15 @@ pub fn run_lbd_expect_failure(yaml: &str, threads: usize) -> (ExitStatus, String
 /// <.top(..) lines>
 /// listeners:
 ///   - address: 127.0.0.1:PORT
-///     upstream: web
+///     upstream: web               # or routes: [<.routes(..) lines>]
 ///     <.listener_extra(..) lines>
+///   <.listener(..) listeners>
 /// upstreams:
 ///   web:
 ///     backends: [...]             # weight 1 as a string, others as a map
 ///     health_check: {...}         # only with .health_check(..)
 ///     <.group_extra(..) lines>
+///   <.upstream(..) groups>
 /// limits: {...}                   # only with .limits(..)
 /// ```
 ///
@@ -311,6 +313,9 @@ pub struct LbdConf {
     top: String,
     listener_extra: String,
     group_extra: String,
+    routes: String,
+    listeners: String,
+    groups: String,
 }
 
 impl LbdConf {
@@ -328,6 +333,9 @@ impl LbdConf {
             top: String::new(),
             listener_extra: String::new(),
             group_extra: String::new(),
+            routes: String::new(),
+            listeners: String::new(),
+            groups: String::new(),
         }
     }
 
@@ -399,6 +407,29 @@ impl LbdConf {
         self
     }
 
+    /// A `routes:` list for the listener instead of `upstream: <group>`
+    /// (the list items, `- { ... }` lines).
+    pub fn routes(mut self, yaml: &str) -> LbdConf {
+        push_lines(&mut self.routes, yaml, 6);
+        self
+    }
+
+    /// Another listener on `127.0.0.1:port` with these keys (`routes:` or
+    /// `upstream:`, ...), after the first.
+    pub fn listener(mut self, port: u16, yaml: &str) -> LbdConf {
+        self.listeners += &format!("  - address: 127.0.0.1:{port}\n");
+        push_lines(&mut self.listeners, yaml, 4);
+        self
+    }
+
+    /// Another upstream group `name` with these keys (`backends:` ...),
+    /// after the first.
+    pub fn upstream(mut self, name: &str, yaml: &str) -> LbdConf {
+        self.groups += &format!("  {name}:\n");
+        push_lines(&mut self.groups, yaml, 4);
+        self
+    }
+
     /// The conf.yaml text.
     pub fn yaml(&self) -> String {
         let mut y = String::from("version: 1\n");
@@ -409,11 +440,15 @@ impl LbdConf {
             y += &format!("admin:\n  address: 127.0.0.1:{admin}\n");
         }
         y += &self.top;
-        y += &format!(
-            "listeners:\n  - address: 127.0.0.1:{}\n    upstream: {}\n",
-            self.port, self.group
-        );
+        y += &format!("listeners:\n  - address: 127.0.0.1:{}\n", self.port);
+        if self.routes.is_empty() {
+            y += &format!("    upstream: {}\n", self.group);
+        } else {
+            y += "    routes:\n";
+            y += &self.routes;
+        }
         y += &self.listener_extra;
+        y += &self.listeners;
         y += &format!("upstreams:\n  {}:\n", self.group);
         if self.backends.is_empty() {
             y += "    backends: []\n";
@@ -434,6 +469,7 @@ impl LbdConf {
             }
         }
         y += &self.group_extra;
+        y += &self.groups;
         if !self.limits.is_empty() {
             y += "limits:\n";
             for (k, v) in &self.limits {
@@ -846,13 +882,33 @@ struct OriginState {
     requests: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    knobs: Arc<Knobs>,
+    /// Clones of the open connections by accept index, for [`Origin::kill`]
+    /// (each removed when its connection ends, so closing still closes).
+    open: Mutex<std::collections::HashMap<usize, TcpStream>>,
+}
+
+/// What a test can change in a running [`Origin`].
+#[derive(Debug)]
+pub struct Knobs {
+    /// Delay before every response except `/health`, in ms.
+    pub delay_ms: AtomicU64,
+    /// Status of every response except `/health` (0: as the path says).
+    pub status: AtomicU16,
+    /// Status of `/health` (default 200).
+    pub health: AtomicU16,
+    /// `/health` requests answered.
+    pub health_hits: AtomicUsize,
 }
 
 /// A real HTTP/1.1 origin server on 127.0.0.1 (one thread per connection).
 ///
 /// Endpoints: `/` and unknown paths (200, body = name), `/echo`, `/headers`,
 /// `/chunked?size=N`, `/big?size=N`, `/close?size=N`, `/status/NNN`,
-/// `/slow?ms=N`. Every response carries `X-Origin: <name>`.
+/// `/slow?ms=N`, `/health` (status [`Origin::set_health`], body = name).
+/// Every response carries `X-Origin: <name>`. [`Origin::set_delay`] and
+/// [`Origin::set_status`] change every other response at run time;
+/// [`Origin::kill`] stops it like a crash.
 pub struct Origin {
     pub name: String,
     pub port: u16,
@@ -862,7 +918,10 @@ pub struct Origin {
     pub requests: Arc<AtomicUsize>,
     /// Every raw request head received (recorded as soon as the head is read).
     pub heads: Arc<Mutex<Vec<String>>>,
+    /// Run-time behaviour.
+    pub knobs: Arc<Knobs>,
     stop: Arc<AtomicBool>,
+    state: Arc<OriginState>,
 }
 
 impl Origin {
@@ -875,6 +934,13 @@ impl Origin {
             requests: Arc::new(AtomicUsize::new(0)),
             heads: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
+            knobs: Arc::new(Knobs {
+                delay_ms: AtomicU64::new(0),
+                status: AtomicU16::new(0),
+                health: AtomicU16::new(200),
+                health_hits: AtomicUsize::new(0),
+            }),
+            open: Mutex::new(std::collections::HashMap::new()),
         });
         let origin = Origin {
             name: name.to_string(),
@@ -882,7 +948,9 @@ impl Origin {
             connections: state.connections.clone(),
             requests: state.requests.clone(),
             heads: state.heads.clone(),
+            knobs: state.knobs.clone(),
             stop: state.stop.clone(),
+            state: state.clone(),
         };
         thread::Builder::new()
             .name(format!("origin-{name}-accept"))
@@ -892,11 +960,17 @@ impl Origin {
                         break;
                     }
                     let Ok(stream) = conn else { continue };
-                    state.connections.fetch_add(1, Ordering::SeqCst);
+                    let idx = state.connections.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(c) = stream.try_clone() {
+                        state.open.lock().unwrap().insert(idx, c);
+                    }
                     let st = state.clone();
                     let _ = thread::Builder::new()
                         .name(format!("origin-{}-conn", st.name))
-                        .spawn(move || serve_connection(stream, &st));
+                        .spawn(move || {
+                            serve_connection(stream, &st);
+                            st.open.lock().unwrap().remove(&idx);
+                        });
                 }
             })
             .expect("spawn origin accept thread");
@@ -917,6 +991,49 @@ impl Origin {
 
     pub fn last_head(&self) -> String {
         self.heads().last().cloned().unwrap_or_default()
+    }
+
+    /// Delays every response but `/health` by `ms` from now on.
+    pub fn set_delay(&self, ms: u64) {
+        self.knobs.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Answers every request but `/health` with `status` (`None`: as the
+    /// path says).
+    pub fn set_status(&self, status: Option<u16>) {
+        self.knobs
+            .status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// The status `/health` answers with from now on.
+    pub fn set_health(&self, status: u16) {
+        self.knobs.health.store(status, Ordering::SeqCst);
+    }
+
+    /// `/health` requests answered so far.
+    pub fn health_hits(&self) -> usize {
+        self.knobs.health_hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops like a crashed process: the port refuses connections and
+    /// every open connection is shut down. Not revivable.
+    pub fn kill(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        for (_, c) in self.state.open.lock().unwrap().drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "origin {} did not stop",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -1074,7 +1191,7 @@ fn serve_connection(stream: TcpStream, st: &OriginState) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         match read_request(&mut reader, st) {
-            Ok(ReadOutcome::Request(req)) => match respond(&mut writer, &req, &st.name) {
+            Ok(ReadOutcome::Request(req)) => match respond(&mut writer, &req, st) {
                 Ok(true) => {}
                 _ => return,
             },
@@ -1120,7 +1237,8 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Write the response; returns whether the connection stays open.
-fn respond<W: Write>(w: &mut W, req: &Request, name: &str) -> io::Result<bool> {
+fn respond<W: Write>(w: &mut W, req: &Request, st: &OriginState) -> io::Result<bool> {
+    let name = st.name.as_str();
     let is_head = req.method == "HEAD";
     let conn = header_tokens(&req.headers, "connection");
     let mut keep_alive = if req.version == "HTTP/1.0" {
@@ -1138,7 +1256,24 @@ fn respond<W: Write>(w: &mut W, req: &Request, name: &str) -> io::Result<bool> {
         CloseDelimited(Vec<u8>),
     }
     let mut status = 200;
+    let knobs = &st.knobs;
+    if path != "/health" {
+        let delay = knobs.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
+    }
+    let forced = knobs.status.load(Ordering::SeqCst);
     let body = match path {
+        "/health" => {
+            status = knobs.health.load(Ordering::SeqCst);
+            knobs.health_hits.fetch_add(1, Ordering::SeqCst);
+            Body::Fixed(name.as_bytes().to_vec())
+        }
+        _ if forced != 0 => {
+            status = forced;
+            Body::Fixed(format!("status {status}\n").into_bytes())
+        }
         "/echo" => Body::Fixed(req.body.clone()),
         "/headers" => Body::Fixed(req.raw_head.clone().into_bytes()),
         "/chunked" => Body::Chunked(pattern(size)),

@@ -12,8 +12,31 @@
 //! a pure function of the configured weight and timestamps, with no state,
 //! so every worker computes the same weight from the shared "healthy since"
 //! time and workers never disagree. Integer arithmetic only (rounded up, at
-//! least 1). The effective weight feeds [`super::rr::RoundRobin::next_weighted`],
+//! least 1). Configured weights are small integers (1 by default), and
+//! `ceil(1 × 10 %)` is 1: a weight-1 backend would not ramp at all. So a
+//! group with slow start balances on weights scaled by [`WEIGHT_SCALE`]
+//! (HAProxy's `BE_WEIGHT_SCALE`, 16: every weight, ramping or not, so the
+//! proportions are unchanged), via [`ramped_weight`]; a weight-1 backend
+//! then ramps from 2/16 to 16/16. The effective weight feeds [`super::rr::RoundRobin::next_weighted`],
 //! `least_conn.rs`, `ewma.rs` costs and the bounded-load caps in `ketama.rs`.
+
+/// Weights of a group with slow start are multiplied by this (HAProxy's
+/// `BE_WEIGHT_SCALE`), so that the ramp has steps finer than one unit of
+/// configured weight.
+pub const WEIGHT_SCALE: u32 = 16;
+
+/// The balancing weight, in units of 1/[`WEIGHT_SCALE`], of a backend with
+/// configured `weight` in a group with slow start: [`effective_weight`] of
+/// the scaled weight. Backends that are not ramping get `weight × 16`, so
+/// only the ratios the ramp changes differ from the configured ones.
+pub fn ramped_weight(weight: u32, since_us: Option<u64>, now_us: u64, window_us: u64) -> u32 {
+    effective_weight(
+        weight.saturating_mul(WEIGHT_SCALE),
+        since_us,
+        now_us,
+        window_us,
+    )
+}
 
 /// Effective weight of a backend with configured `weight` that (re)joined
 /// at `since_us` (`None`: it has been there from the start, no ramp), at
@@ -72,6 +95,17 @@ mod tests {
         assert_eq!(effective_weight(3, Some(0), 5 * S, 10 * S), 2);
         assert_eq!(effective_weight(0, Some(0), 0, 10 * S), 1);
         assert_eq!(effective_weight(0, None, 0, 10 * S), 1);
+    }
+
+    #[test]
+    fn weight_one_ramps_in_sixteenths() {
+        let w = |t| ramped_weight(1, Some(0), t, 10 * S);
+        assert_eq!(w(0), 2);
+        assert_eq!(w(5 * S), 9);
+        assert_eq!(w(10 * S), 16);
+        assert_eq!(ramped_weight(1, None, 0, 10 * S), 16);
+        assert_eq!(ramped_weight(10_000, None, 0, 10 * S), 160_000);
+        assert_eq!(ramped_weight(u32::MAX, None, 0, 10 * S), u32::MAX);
     }
 
     #[test]
