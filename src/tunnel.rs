@@ -109,7 +109,11 @@ async fn copy(
     if n == 0 {
         buf.release();
         *open = false;
-        return to.shutdown_write(limits.write).await.map(|()| 0).map_err(|_| ());
+        return to
+            .shutdown_write(limits.write)
+            .await
+            .map(|()| 0)
+            .map_err(|_| ());
     }
     let v = std::mem::take(&mut buf.v);
     let (res, v) = to.write_range(v, 0, n, limits.write).await;

@@ -726,7 +726,9 @@ impl Downstream for H1Exchange<'_> {
         shard.metrics.tunnels_total.inc();
         let tl = TunnelLimits {
             idle: limits.tunnel_idle_timeout,
-            write: limits.client_write_timeout.max(limits.upstream_body_timeout),
+            write: limits
+                .client_write_timeout
+                .max(limits.upstream_body_timeout),
         };
         // What the client sent after its upgrade request goes first.
         let carried = tunnel::relay(self.client, up, self.cb.data(), tl).await;
@@ -734,7 +736,10 @@ impl Downstream for H1Exchange<'_> {
         self.cb.consume(used);
         shard.tunnels.set(shard.tunnels.get() - 1);
         shard.metrics.tunnel_bytes_upstream.add(carried.upstream);
-        shard.metrics.tunnel_bytes_downstream.add(carried.downstream);
+        shard
+            .metrics
+            .tunnel_bytes_downstream
+            .add(carried.downstream);
         carried
     }
 

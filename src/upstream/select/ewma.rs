@@ -36,8 +36,10 @@
 //! per-sample steps of a busy backend (elapsed ≪ decay) would round away and
 //! the estimate would never come down. Costs are returned as integers.
 
-/// tower's default decay time constant: 10 s.
-pub const DEFAULT_DECAY_US: u64 = 10_000_000;
+/// The decay time constant: 2 s. tower's default is 10 s; a shorter one
+/// brings traffic back to a backend that recovered within seconds instead
+/// of tens of them, at the price of forgetting a slow spell sooner.
+pub const DEFAULT_DECAY_US: u64 = 2_000_000;
 
 /// Default latency charged for one failure: 1 s.
 pub const DEFAULT_PENALTY_US: u64 = 1_000_000;
@@ -136,6 +138,11 @@ impl Ewma {
 mod tests {
     use super::*;
 
+    /// The math below was worked out for a 10 s time constant.
+    fn ten_s(default_rtt_us: u64) -> Ewma {
+        Ewma::with_params(default_rtt_us, 10_000_000, DEFAULT_PENALTY_US)
+    }
+
     const MS: u64 = 1000;
     const S: u64 = 1_000_000;
 
@@ -145,22 +152,22 @@ mod tests {
 
     #[test]
     fn starts_at_default() {
-        let e = Ewma::new(30 * MS);
+        let e = ten_s(30 * MS);
         assert_eq!(e.estimate_us(0), 30 * MS);
         assert_eq!(e.estimate_us(1000 * S), 30 * MS);
-        assert_eq!(Ewma::new(0).estimate_us(0), 1);
+        assert_eq!(ten_s(0).estimate_us(0), 1);
     }
 
     #[test]
     fn peak_replaces_at_once() {
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(S, 500 * MS);
         assert_eq!(e.estimate_us(S), 500 * MS);
     }
 
     #[test]
     fn lower_samples_decay_with_the_time_constant() {
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(S, 100 * MS);
         // One time constant later, a 10 ms sample: 100·e⁻¹ + 10·(1 − e⁻¹) ≈ 43.1 ms.
         e.observe(11 * S, 10 * MS);
@@ -179,7 +186,7 @@ mod tests {
     #[test]
     fn frequent_small_steps_still_converge() {
         // 1 sample per ms for 50 s: integer state would stay stuck at the peak.
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(0, 200 * MS);
         let mut t = 0;
         while t < 50 * S {
@@ -194,13 +201,13 @@ mod tests {
 
     #[test]
     fn idle_estimate_drifts_back_to_default() {
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(0, S);
         let want = 10_000.0 + 990_000.0 * (-3f64).exp();
         assert!(close(e.estimate_us(30 * S), want));
         assert!(close(e.estimate_us(200 * S), 10_000.0));
         // A fast backend idle for long also returns to the neutral default.
-        let mut f = Ewma::new(10 * MS);
+        let mut f = ten_s(10 * MS);
         f.observe(0, 10 * MS);
         f.observe(60 * S, MS);
         assert!(close(f.estimate_us(600 * S), 10_000.0));
@@ -210,8 +217,8 @@ mod tests {
     fn once_slow_backend_gets_retried() {
         // Traefik #12306: A serves steadily at 20 ms; B was slow once and got no
         // traffic since. B's cost must eventually fall below A's.
-        let mut a = Ewma::new(10 * MS);
-        let mut b = Ewma::new(10 * MS);
+        let mut a = ten_s(10 * MS);
+        let mut b = ten_s(10 * MS);
         b.observe(0, 2 * S);
         let mut t = 0;
         let mut retried = None;
@@ -229,7 +236,7 @@ mod tests {
 
     #[test]
     fn failures_do_not_look_fast() {
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(S, 5 * MS);
         e.penalize(S);
         assert_eq!(e.estimate_us(S), DEFAULT_PENALTY_US);
@@ -240,7 +247,7 @@ mod tests {
         }
         assert_eq!(e.estimate_us(S), 16 * DEFAULT_PENALTY_US);
         // A penalty never lowers an estimate above the cap.
-        let mut slow = Ewma::new(10 * MS);
+        let mut slow = ten_s(10 * MS);
         slow.observe(S, 40 * S);
         slow.penalize(S);
         assert_eq!(slow.estimate_us(S), 40 * S);
@@ -248,19 +255,19 @@ mod tests {
 
     #[test]
     fn cost_scales_with_inflight_and_weight() {
-        let e = Ewma::new(10 * MS);
+        let e = ten_s(10 * MS);
         assert_eq!(e.cost(0, 0, 1), 10_000_000);
         assert_eq!(e.cost(0, 3, 1), 40_000_000);
         assert_eq!(e.cost(0, 3, 2), 20_000_000);
         assert_eq!(e.cost(0, 3, 0), 40_000_000);
-        let mut huge = Ewma::new(u64::MAX);
+        let mut huge = ten_s(u64::MAX);
         huge.observe(0, u64::MAX);
         assert_eq!(huge.cost(0, u32::MAX, 1), u64::MAX);
     }
 
     #[test]
     fn time_going_backwards_is_harmless() {
-        let mut e = Ewma::new(10 * MS);
+        let mut e = ten_s(10 * MS);
         e.observe(10 * S, 100 * MS);
         e.observe(5 * S, 10 * MS);
         e.penalize(0);
