@@ -11,6 +11,9 @@
 #                  one worker.
 #   --build        rebuild lbd, examples/origin and examples/floor even if
 #                  they exist (default: build only what is missing)
+#   --ws           instead: the WebSocket scenarios (bench/ws.py): echo
+#                  messages per second and CPU per message, and RSS per idle
+#                  tunnel (2,000 idle WebSockets), lbd vs nginx
 #   --pingora      add Pingora's load balancer (bench/pingora-lb, crate pingora
 #                  with the lb feature) to the contenders; builds it first when
 #                  missing (about 5 minutes, needs cmake), except in --quick,
@@ -28,12 +31,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 build=0 pingora=0 args=()
+quick=0 build=0 pingora=0 ws=0 args=()
 while (($#)); do
     case $1 in
         --quick) quick=1; args+=(--quick) ;;
         --build) build=1 ;;
         --pingora) pingora=1; args+=(--pingora) ;;
+        --ws) ws=1 ;;
         --cpus) args+=(--cpus "$2"); shift ;;
         *) args+=("$1") ;;
     esac
@@ -85,4 +89,10 @@ fi
 # 10k idle connections need 10k fds in the client and 10k-20k in each proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+if ((ws)); then
+    # WebSocket echo and idle tunnels, lbd vs nginx (bench/ws.py); needs
+    # python's websockets.
+    python3 -c "import websockets" 2>/dev/null || pip install -q websockets >&2
+    exec python3 bench/ws.py
+fi
 exec python3 bench/bench.py "${args[@]}"

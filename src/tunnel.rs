@@ -45,18 +45,16 @@ enum Woke {
 }
 
 /// Relays bytes between `client` and `upstream` until both directions end,
-/// the tunnel idles out, or a side fails. `early` are bytes the client sent
-/// after its upgrade request, before the switch: they go first.
+/// the tunnel idles out, or a side fails. `early` holds bytes the client
+/// sent after its upgrade request, before the switch: they go first.
 pub(crate) async fn relay(
     client: &mut Stream,
     upstream: &mut Stream,
-    early: &[u8],
+    early: Option<Vec<u8>>,
     limits: TunnelLimits,
 ) -> Carried {
     let mut carried = Carried::default();
-    if !early.is_empty() {
-        let mut b = buffer::take();
-        b.extend_from_slice(early);
+    if let Some(b) = early {
         let len = b.len();
         let (res, b) = upstream.write_range(b, 0, len, limits.write).await;
         buffer::give(b);

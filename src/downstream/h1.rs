@@ -730,10 +730,16 @@ impl Downstream for H1Exchange<'_> {
                 .client_write_timeout
                 .max(limits.upstream_body_timeout),
         };
-        // What the client sent after its upgrade request goes first.
-        let carried = tunnel::relay(self.client, up, self.cb.data(), tl).await;
-        let used = self.cb.data().len();
-        self.cb.consume(used);
+        // What the client sent after its upgrade request goes first; the
+        // read buffer goes back to the free list (an idle tunnel holds none).
+        let early = (!self.cb.is_empty()).then(|| {
+            let mut e = buffer::take();
+            e.extend_from_slice(self.cb.data());
+            e
+        });
+        buffer::give(std::mem::take(&mut self.cb.v));
+        self.cb.pos = 0;
+        let carried = tunnel::relay(self.client, up, early, tl).await;
         shard.tunnels.set(shard.tunnels.get() - 1);
         shard.metrics.tunnel_bytes_upstream.add(carried.upstream);
         shard
