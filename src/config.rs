@@ -560,6 +560,10 @@ struct RawUpstream {
     /// §7.8). Default `[websocket]`.
     #[serde(default)]
     upgrade_protocols: Option<Vec<String>>,
+    /// This group's tunnels close after this long idle. Default:
+    /// `limits.tunnel_idle_timeout_ms`.
+    #[serde(default)]
+    tunnel_idle_timeout_ms: Option<u64>,
 }
 
 /// `upstreams`: at least one group, each checked in name order (the order
@@ -624,6 +628,18 @@ impl RawUpstream {
             },
         )?;
         let upgrade_protocols = self.upgrade_protocols(name)?;
+        let tunnel_idle_timeout = self
+            .tunnel_idle_timeout_ms
+            .map(|ms| {
+                in_range(
+                    format!("upstreams.{name}.tunnel_idle_timeout_ms"),
+                    ms,
+                    1..,
+                    "must be at least 1 ms",
+                )
+                .map(Duration::from_millis)
+            })
+            .transpose()?;
         Ok(UpstreamConfig {
             name: name.to_owned(),
             backends,
@@ -632,6 +648,7 @@ impl RawUpstream {
             host,
             balance,
             upgrade_protocols,
+            tunnel_idle_timeout,
         })
     }
 
@@ -1104,6 +1121,8 @@ pub struct UpstreamConfig {
     pub balance: BalanceConfig,
     /// `upgrade_protocols`, lower-case.
     pub upgrade_protocols: Vec<Vec<u8>>,
+    /// `tunnel_idle_timeout_ms` of this group, if set.
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 /// What a health check does.

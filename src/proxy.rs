@@ -120,8 +120,8 @@ pub(crate) trait Downstream {
     ) -> ClientHead;
 
     /// After a `101`: relays bytes both ways between the client and `up`
-    /// until the tunnel ends.
-    async fn tunnel(&mut self, up: &mut Stream) -> Carried;
+    /// until the tunnel ends (or idles for `idle`).
+    async fn tunnel(&mut self, up: &mut Stream, idle: Duration) -> Carried;
 
     /// Writes `buf[start..end]` (response bytes) to the client; hands the
     /// buffer back.
@@ -172,6 +172,9 @@ pub(crate) async fn forward<D: Downstream>(
 ) -> Result<Done, Failure> {
     let sent = send_request(shard, down, req, obuf).await?;
     let (up, resp, client, ub, hbuf) = read_response_head(shard, down, req, sent).await?;
+    if resp.switched {
+        return switch(shard, down, req.group, up, resp, ub, hbuf).await;
+    }
     relay_response(shard, down, up, resp, client, ub, hbuf).await
 }
 
@@ -384,9 +387,6 @@ async fn relay_response<D: Downstream>(
     mut ub: InBuf,
     mut obuf: Vec<u8>,
 ) -> Result<Done, Failure> {
-    if resp.switched {
-        return switch(shard, down, up, resp, ub, obuf).await;
-    }
     let limits = &shard.config.limits;
     let mut body = Body::new(resp.framing, limits.max_chunk_extension_bytes);
     let mut body_bytes: u64 = 0;
@@ -447,6 +447,7 @@ async fn relay_response<D: Downstream>(
 async fn switch<D: Downstream>(
     shard: &Shard,
     down: &mut D,
+    group: usize,
     mut up: Upstream<'_>,
     resp: ResponseHead,
     ub: InBuf,
@@ -459,7 +460,13 @@ async fn switch<D: Downstream>(
     let (res, ob) = down.write(obuf, 0, len).await;
     buffer::give(ob);
     res.map_err(Failure::Close)?;
-    let carried = down.tunnel(&mut up.stream).await;
+    let idle = shard
+        .config
+        .upstreams
+        .get(group)
+        .and_then(|g| g.tunnel_idle_timeout)
+        .unwrap_or(shard.config.limits.tunnel_idle_timeout);
+    let carried = down.tunnel(&mut up.stream, idle).await;
     Ok(Done {
         close_client: true,
         status: resp.status,

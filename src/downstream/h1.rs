@@ -719,13 +719,13 @@ impl Downstream for H1Exchange<'_> {
         write_client_head(resp, ctx, &extras, out)
     }
 
-    async fn tunnel(&mut self, up: &mut Stream) -> Carried {
+    async fn tunnel(&mut self, up: &mut Stream, idle: Duration) -> Carried {
         let shard = self.shard;
         let limits = &shard.config.limits;
         shard.tunnels.set(shard.tunnels.get() + 1);
         shard.metrics.tunnels_total.inc();
         let tl = TunnelLimits {
-            idle: limits.tunnel_idle_timeout,
+            idle,
             write: limits
                 .client_write_timeout
                 .max(limits.upstream_body_timeout),
