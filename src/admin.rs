@@ -17,8 +17,22 @@ use crate::metrics::{self, Reply, WorkerMetrics};
 use crate::shard::Shared;
 
 /// Binds the admin address (on the main thread, so a bad address fails start).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// SO_REUSEPORT, so that during an upgrade (`upgrade`) the new process can
+/// bind the admin address while the old one (still draining) holds it;
+/// until the old one exits, the kernel spreads admin connections over
+/// both. Outside an upgrade, a probe without SO_REUSEPORT first makes sure
+/// no other process holds the address (it would share it silently).
+pub fn bind(addr: SocketAddr, upgrade: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if !upgrade {
+        crate::listener::probe(addr)?;
+    }
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
 }
 
 /// Serves the admin endpoint forever on its own thread.

@@ -231,10 +231,12 @@ fn start(
     let backends = registry.len();
     let shared = Arc::new(shard::Shared::new(registry.clone()));
     let admin_listener = match config.admin {
-        Some(addr) => Some(admin::bind(addr).map_err(|source| StartError::Io {
-            what: "cannot listen on admin.address",
-            source,
-        })?),
+        Some(addr) => Some(
+            admin::bind(addr, cli.upgrade).map_err(|source| StartError::Io {
+                what: "cannot listen on admin.address",
+                source,
+            })?,
+        ),
         None => None,
     };
     let (dump_tx, dump_rx) = std::sync::mpsc::channel();

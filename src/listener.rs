@@ -41,7 +41,7 @@ fn reuseport_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
 }
 
 /// Fails with EADDRINUSE if anything already listens on `addr`.
-fn probe(addr: SocketAddr) -> std::io::Result<()> {
+pub(crate) fn probe(addr: SocketAddr) -> std::io::Result<()> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;

@@ -419,3 +419,30 @@ fn sigquit_without_a_new_process_keeps_serving() {
     signal(p.id(), Signal::SIGINT);
     wait_exit(&mut p, Duration::from_secs(3));
 }
+
+#[test]
+fn sigquit_upgrade_with_an_admin_address_keeps_serving() {
+    // The admin address is bound again by the new process while the old one
+    // still holds it (found following README's runbook: the new process
+    // failed with "Address already in use" after taking the sockets).
+    let a = Origin::start("a");
+    let dir = unique_temp_dir("lc-admin");
+    let port = free_port();
+    let admin = free_port();
+    let c = base_conf(&dir, port, &[a.port]).admin(admin).write(&dir);
+    let log = dir.join("log");
+    let mut p1 = spawn(&c, 1, &[], &log);
+    wait_port(port);
+    assert_eq!(support::http_get(admin, "/health").0, 200);
+    let mut p2 = upgrade(&c, &mut p1, 1, &log, true);
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(get(port, "/").map(|r| r.0), Ok(200), "{}", text());
+    assert_eq!(support::http_get(admin, "/health").0, 200, "{}", text());
+    assert!(
+        p2.try_wait().unwrap().is_none(),
+        "the new process exited:\n{}",
+        text()
+    );
+    signal(p2.id(), Signal::SIGTERM);
+    wait_exit(&mut p2, Duration::from_secs(8));
+}
