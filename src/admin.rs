@@ -89,6 +89,12 @@ fn handle(
         return respond(&mut conn, 405, "text/plain", "method not allowed\n");
     }
     match path {
+        b"/upstreams" => respond(
+            &mut conn,
+            200,
+            "application/json",
+            &upstreams_json(shared, workers),
+        ),
         b"/metrics" => {
             let epoch = shared.requests.scrape.fetch_add(1, Ordering::AcqRel) + 1;
             let live = workers.len();
@@ -131,4 +137,62 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::i
     crate::http::write_head(&mut head, status, ctype, body.len() as u64, true);
     conn.write_all(&head)?;
     conn.write_all(body.as_bytes())
+}
+
+/// `GET /upstreams`: every group and backend, with its stable id, address,
+/// weight, where it came from, health, in-flight and request counts
+/// (summed over workers).
+fn upstreams_json(shared: &Shared, workers: &[Arc<WorkerMetrics>]) -> String {
+    use std::fmt::Write as _;
+    let reg = &shared.registry;
+    let mut o = String::from("{\"upstreams\":[");
+    for (gi, g) in reg.groups().iter().enumerate() {
+        if gi > 0 {
+            o.push(',');
+        }
+        let _ = write!(o, "{{\"name\":{},\"backends\":[", json_str(&g.name));
+        for (k, &id) in g.members.iter().enumerate() {
+            let b = reg.backend(id);
+            let i = id.index();
+            let sum = |f: fn(&metrics::BackendCounters) -> u64| -> u64 {
+                workers.iter().map(|w| f(w.backend(i))).sum()
+            };
+            if k > 0 {
+                o.push(',');
+            }
+            let _ = write!(
+                o,
+                "{{\"id\":{i},\"address\":{},\"name\":{},\"weight\":{},\"source\":\"static\",\
+                 \"health\":\"{}\",\"state\":\"active\",\"inflight\":{},\"requests\":{}}}",
+                json_str(&b.address.to_string()),
+                json_str(&b.name),
+                b.weight,
+                if shared.health.is_up(i) { "up" } else { "down" },
+                sum(|c| c.inflight.get()),
+                sum(|c| c.requests.get()),
+            );
+        }
+        o.push_str("]}");
+    }
+    o.push_str("]}\n");
+    o
+}
+
+/// `s` as a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => {
+                use std::fmt::Write as _;
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }
