@@ -27,6 +27,9 @@
 //!   connect and the retry policy ([`upstream::connect`]).
 //! * [`http`]: the sans-I/O HTTP/1.1 codec: request and response heads, head
 //!   rewriting, body framing, chunked bodies.
+//! * [`proxy_protocol`]: the sans-I/O PROXY protocol (v1, v2): the header
+//!   read in front of client connections and written in front of upstream
+//!   ones.
 //! * [`tls`]: rustls configs for listeners and upstream groups.
 //! * [`stream`]: a connection as the data path sees it: TCP, or TLS driven
 //!   by lbd over TCP.
@@ -63,6 +66,7 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod park;
 pub(crate) mod proxy;
+pub mod proxy_protocol;
 pub(crate) mod route;
 pub(crate) mod shard;
 pub(crate) mod signals;
