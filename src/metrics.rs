@@ -103,6 +103,9 @@ pub struct WorkerMetrics {
     /// Idle client connections parked without a task (gauge, part of
     /// `connections_active`).
     pub connections_parked: Counter,
+    /// Connections refused by the PROXY protocol reader, by reason (see
+    /// `downstream::proxy_protocol::Refusal`).
+    pub proxy_protocol_rejected: [Counter; 6],
     /// By global backend id.
     pub backends: Box<[BackendCounters]>,
 }
@@ -115,6 +118,7 @@ impl WorkerMetrics {
             connections_active: Counter::default(),
             connections_total: Counter::default(),
             connections_parked: Counter::default(),
+            proxy_protocol_rejected: Default::default(),
             backends: (0..backends).map(|_| BackendCounters::default()).collect(),
         }
     }
@@ -389,6 +393,20 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         "Client connections accepted.",
         sum(w, |m| m.connections_total.get()),
     );
+
+    let _ = writeln!(
+        o,
+        "# HELP lbd_proxy_protocol_rejected_total Client connections refused by the PROXY protocol reader, by reason."
+    );
+    let _ = writeln!(o, "# TYPE lbd_proxy_protocol_rejected_total counter");
+    for r in crate::downstream::proxy_protocol::Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "lbd_proxy_protocol_rejected_total{{reason=\"{}\"}} {}",
+            r.label(),
+            sum(w, |m| m.proxy_protocol_rejected[r.index()].get())
+        );
+    }
 
     let families: [Family; 5] = [
         (
