@@ -2,7 +2,7 @@
 # Time-bounded fuzzing of lbd's sans-I/O HTTP codec (cargo-fuzz / libFuzzer).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   # default: 60 s for each of
-#                                           # request_head response_head chunked
+#                                           # request_head response_head chunked proxy_protocol
 #
 # Installs cargo-fuzz if missing (`cargo install cargo-fuzz --locked`). Only a
 # stable toolchain is needed: cargo-fuzz's nightly-only flags are enabled with
@@ -25,7 +25,7 @@ SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(request_head response_head chunked)
+    TARGETS=(request_head response_head chunked proxy_protocol)
 fi
 export RUSTC_BOOTSTRAP=1
 

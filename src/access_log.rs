@@ -43,6 +43,11 @@ pub struct Fields {
     pub referer: Vec<u8>,
     /// `User-Agent` value.
     pub user_agent: Vec<u8>,
+    /// The request id (empty: the request has none), when `request_id` is
+    /// configured ([`Fields::logs_request_id`]).
+    pub request_id: Vec<u8>,
+    /// `request_id` is configured: the line gets a request-id field.
+    pub logs_request_id: bool,
 }
 
 impl Fields {
@@ -52,6 +57,8 @@ impl Fields {
         self.request_line.clear();
         self.referer.clear();
         self.user_agent.clear();
+        self.request_id.clear();
+        self.logs_request_id = false;
         let mut lines = head
             .split(|&b| b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -72,6 +79,18 @@ impl Fields {
             } else if name.eq_ignore_ascii_case(b"user-agent") {
                 self.user_agent.extend_from_slice(value);
             }
+        }
+    }
+}
+
+impl Fields {
+    /// Records the request's id (`None`: it has none) for a listener with
+    /// `request_id` configured.
+    pub fn set_request_id(&mut self, id: Option<&[u8]>) {
+        self.logs_request_id = true;
+        self.request_id.clear();
+        if let Some(id) = id {
+            self.request_id.extend_from_slice(id);
         }
     }
 }
@@ -172,6 +191,10 @@ impl WorkerLog {
                     if let Some((up, down)) = e.tunnel {
                         let _ = write!(b, " tunnel_bytes={up}/{down}");
                     }
+                    if e.fields.logs_request_id {
+                        b.extend_from_slice(b" request_id=");
+                        escape_or_dash(b, &e.fields.request_id);
+                    }
                 }
             }
             Format::Json => {
@@ -201,6 +224,16 @@ impl WorkerLog {
                 }
                 if let Some((up, down)) = e.tunnel {
                     let _ = write!(b, ",\"tunnel_bytes_up\":{up},\"tunnel_bytes_down\":{down}");
+                }
+                if e.fields.logs_request_id {
+                    b.extend_from_slice(b",\"request_id\":");
+                    if e.fields.request_id.is_empty() {
+                        b.extend_from_slice(b"null");
+                    } else {
+                        b.push(b'"');
+                        escape_into(b, &e.fields.request_id, true);
+                        b.push(b'"');
+                    }
                 }
                 b.push(b'}');
             }

@@ -22,9 +22,11 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 mod balance;
+mod forwarding;
 mod routes;
 
 pub use balance::BalanceConfig;
+pub use forwarding::{ListenerForwarding, ProxyProtocolConfig, RequestIdConfig};
 pub use routes::{HeaderPair, ListenerRoutes, RouteConfig};
 
 /// A configuration error: which key, which value, what is wrong with it.
@@ -158,6 +160,13 @@ struct RawConfig {
     /// Limits and timeouts (all finite by default).
     #[serde(default)]
     limits: RawLimits,
+    /// Clients whose forwarding headers are kept, for every listener without
+    /// its own. Default: none (every client's are replaced).
+    #[serde(default)]
+    trusted_proxies: Option<forwarding::RawCidrs>,
+    /// The request-id header, for every listener without its own. Default: off.
+    #[serde(default)]
+    request_id: Option<forwarding::RawRequestId>,
 
     // Pingora keys lbd accepts but does not implement: loaded, warned about.
     #[serde(default)]
@@ -333,12 +342,25 @@ struct RawListener {
     /// Terminate TLS on this listener.
     #[serde(default)]
     tls: Option<RawListenerTls>,
+    /// Accept PROXY protocol headers from trusted sources. Default: off.
+    #[serde(default)]
+    proxy_protocol: Option<forwarding::RawProxyProtocol>,
+    /// `x-forwarded` (default), `rfc7239`, `both` or `none`.
+    #[serde(default)]
+    forwarded: Option<String>,
+    /// Clients whose forwarding headers are kept. Default: the top-level key.
+    #[serde(default)]
+    trusted_proxies: Option<forwarding::RawCidrs>,
+    /// The request-id header. Default: the top-level key.
+    #[serde(default)]
+    request_id: Option<forwarding::RawRequestId>,
 }
 
 /// `listeners`: at least one, each checked in order.
 fn validate_listeners(
     raw: &[RawListener],
     upstreams: &BTreeMap<String, RawUpstream>,
+    defaults: &forwarding::Defaults,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(invalid(
@@ -349,7 +371,7 @@ fn validate_listeners(
     }
     let mut listeners = Vec::with_capacity(raw.len());
     for (i, l) in raw.iter().enumerate() {
-        let listener = l.validate(i, upstreams, &listeners)?;
+        let listener = l.validate(i, upstreams, &listeners, defaults)?;
         listeners.push(listener);
     }
     Ok(listeners)
@@ -357,12 +379,13 @@ fn validate_listeners(
 
 impl RawListener {
     /// `listeners[i]`: `address` (not one of `earlier`'s), `upstream`,
-    /// `backlog`, `tls`.
+    /// `backlog`, `tls`, then the forwarding keys (over `defaults`).
     fn validate(
         &self,
         i: usize,
         upstreams: &BTreeMap<String, RawUpstream>,
         earlier: &[ListenerConfig],
+        defaults: &forwarding::Defaults,
     ) -> Result<ListenerConfig, ConfigError> {
         let key = format!("listeners[{i}].address");
         let address: SocketAddr = self
@@ -391,11 +414,19 @@ impl RawListener {
             "must be at least 1",
         )?;
         let tls = self.tls.as_ref().map(|t| t.validate(i)).transpose()?;
+        let raw = forwarding::RawListenerForwarding {
+            proxy_protocol: self.proxy_protocol.as_ref(),
+            forwarded: self.forwarded.as_deref(),
+            trusted_proxies: self.trusted_proxies.as_ref(),
+            request_id: self.request_id.as_ref(),
+        };
+        let forwarding = forwarding::listener(i, &raw, defaults)?;
         Ok(ListenerConfig {
             address,
             routes,
             backlog,
             tls,
+            forwarding,
         })
     }
 
@@ -564,6 +595,10 @@ struct RawUpstream {
     /// `limits.tunnel_idle_timeout_ms`.
     #[serde(default)]
     tunnel_idle_timeout_ms: Option<u64>,
+    /// `v1` or `v2`: a PROXY protocol header in front of every new
+    /// connection to the group's backends (and its health checks). Default: none.
+    #[serde(default)]
+    send_proxy_protocol: Option<String>,
 }
 
 /// `upstreams`: at least one group, each checked in name order (the order
@@ -640,6 +675,8 @@ impl RawUpstream {
                 .map(Duration::from_millis)
             })
             .transpose()?;
+        let send_proxy_protocol =
+            forwarding::send_proxy_protocol(name, self.send_proxy_protocol.as_deref())?;
         Ok(UpstreamConfig {
             name: name.to_owned(),
             backends,
@@ -649,6 +686,7 @@ impl RawUpstream {
             balance,
             upgrade_protocols,
             tunnel_idle_timeout,
+            send_proxy_protocol,
         })
     }
 
@@ -1102,6 +1140,8 @@ pub struct ListenerConfig {
     pub backlog: i32,
     /// TLS material and handshake timeout, if the listener terminates TLS.
     pub tls: Option<(crate::tls::TlsMaterial, Duration)>,
+    /// PROXY protocol in, forwarding headers, trusted proxies, request ids.
+    pub forwarding: ListenerForwarding,
 }
 
 /// A validated upstream group.
@@ -1123,6 +1163,9 @@ pub struct UpstreamConfig {
     pub upgrade_protocols: Vec<Vec<u8>>,
     /// `tunnel_idle_timeout_ms` of this group, if set.
     pub tunnel_idle_timeout: Option<Duration>,
+    /// `send_proxy_protocol`: the PROXY protocol version sent in front of
+    /// new connections to its backends.
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// What a health check does.
@@ -1421,14 +1464,16 @@ fn tls_invalid(e: crate::tls::TlsError) -> ConfigError {
 
 /// Checks `raw` section by section and freezes it. The order decides which
 /// error is reported when several keys are wrong, so it stays: `version`,
-/// `threads`, `upstreams`, `listeners`, `limits`, `max_retries`,
+/// `threads`, `upstreams`, `trusted_proxies`, `request_id`, `listeners`,
+/// `limits`, `max_retries`,
 /// `upgrade_sock_connect_accept_max_retries`, `access_log`, `admin`.
 fn validate(raw: RawConfig, threads_override: Option<usize>) -> Result<Config, ConfigError> {
     raw.version()?;
     let mut warnings = raw.pingora_only_warnings();
     let threads = raw.threads(threads_override)?;
     let upstreams = validate_upstreams(&raw.upstreams, &mut warnings)?;
-    let listeners = validate_listeners(&raw.listeners, &raw.upstreams)?;
+    let defaults = forwarding::defaults(raw.trusted_proxies.as_ref(), raw.request_id.as_ref())?;
+    let listeners = validate_listeners(&raw.listeners, &raw.upstreams, &defaults)?;
     let limits = raw.limits.validate()?;
     let max_retries = raw.max_retries()?;
     let upgrade_wait = raw.upgrade_wait()?;

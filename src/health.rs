@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{CheckKind, HealthCheckConfig};
+use crate::proxy_protocol::Version;
 
 /// The shared health state: one bit, one generation and one "up since"
 /// time per backend.
@@ -138,6 +139,9 @@ struct Target {
 pub(crate) struct CheckGroup {
     /// The group's `health_check` block.
     pub(crate) check: HealthCheckConfig,
+    /// The group's `send_proxy_protocol`: checks start with an address-less
+    /// header of that version (v2 `LOCAL`, v1 `PROXY UNKNOWN`).
+    pub(crate) proxy_protocol: Option<Version>,
     /// The checker's TLS settings for a TLS group.
     pub(crate) tls: CheckTls,
     /// Its backends: (id index, name as written, address).
@@ -146,6 +150,7 @@ pub(crate) struct CheckGroup {
 
 struct GroupChecks {
     check: HealthCheckConfig,
+    proxy_protocol: Option<Version>,
     tls: CheckTls,
     targets: Vec<Target>,
 }
@@ -157,14 +162,17 @@ pub type CheckTls = Option<(
 )>;
 
 /// Runs one check; `Err` carries the reason for the log. For a TLS group the
-/// check includes the handshake (tcp kind) or runs over TLS (http kind).
+/// check includes the handshake (tcp kind) or runs over TLS (http kind); a
+/// group that sends PROXY protocol headers gets one first (`proxy`: its
+/// version; the address-less kind, since no client is proxied).
 pub fn check_once(
     address: SocketAddr,
     check: &HealthCheckConfig,
     tls: &CheckTls,
+    proxy: Option<Version>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + check.timeout;
-    let tcp = TcpStream::connect_timeout(&address, check.timeout).map_err(|e| describe(&e))?;
+    let mut tcp = TcpStream::connect_timeout(&address, check.timeout).map_err(|e| describe(&e))?;
     let remaining = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -174,6 +182,12 @@ pub fn check_once(
         .map_err(|e| describe(&e))?;
     tcp.set_write_timeout(Some(remaining()))
         .map_err(|e| describe(&e))?;
+    if let Some(v) = proxy {
+        let mut header = Vec::with_capacity(16);
+        crate::proxy_protocol::write_local(&mut header, v);
+        tcp.write_all(&header)
+            .map_err(|e| format!("PROXY protocol header: {}", describe(&e)))?;
+    }
     let mut stream: Box<dyn ReadWrite> = match tls {
         None => Box::new(tcp),
         Some((config, name)) => {
@@ -270,6 +284,7 @@ impl Checker {
             .into_iter()
             .map(|g| GroupChecks {
                 check: g.check,
+                proxy_protocol: g.proxy_protocol,
                 tls: g.tls,
                 targets: g
                     .targets
@@ -301,9 +316,9 @@ impl Checker {
                     g.targets
                         .iter()
                         .map(|t| {
-                            let (check, tls) = (&g.check, &g.tls);
+                            let (check, tls, pp) = (&g.check, &g.tls, g.proxy_protocol);
                             let addr = t.address;
-                            s.spawn(move || check_once(addr, check, tls))
+                            s.spawn(move || check_once(addr, check, tls, pp))
                         })
                         .collect()
                 })
@@ -364,7 +379,7 @@ impl Checker {
                         .map(|&(gi, ti)| {
                             let g = &groups[gi];
                             let addr = g.targets[ti].address;
-                            s.spawn(move || check_once(addr, &g.check, &g.tls))
+                            s.spawn(move || check_once(addr, &g.check, &g.tls, g.proxy_protocol))
                         })
                         .collect();
                     hs.into_iter()
@@ -508,9 +523,9 @@ mod tests {
             rise: 1,
             fall: 1,
         };
-        assert!(check_once(addr, &check, &None).is_ok());
+        assert!(check_once(addr, &check, &None, None).is_ok());
         drop(l);
-        let e = check_once(addr, &check, &None).unwrap_err();
+        let e = check_once(addr, &check, &None, None).unwrap_err();
         assert_eq!(e, "connection refused");
     }
 }

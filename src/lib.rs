@@ -17,7 +17,8 @@
 //!   deadlines, parking lot, access-log buffer), and the little the process
 //!   shares with workers.
 //! * [`downstream`]: the client side: the HTTP/1 connection loop (idle and
-//!   parking, TLS accept, head reading, keep-alive, error responses).
+//!   parking, PROXY protocol and TLS at the start, head reading, keep-alive,
+//!   error responses), request ids.
 //! * [`route`]: which upstream group a request goes to.
 //! * [`proxy`]: one exchange, protocol-neutral: request to a backend,
 //!   response back; retries; pooling after an exact end.
@@ -28,7 +29,10 @@
 //!   ([`upstream::pool`]), passive marks ([`upstream::marks`]), checkout or
 //!   connect and the retry policy ([`upstream::connect`]).
 //! * [`http`]: the sans-I/O HTTP/1.1 codec: request and response heads, head
-//!   rewriting, body framing, chunked bodies.
+//!   rewriting (with the forwarding headers), body framing, chunked bodies.
+//! * [`proxy_protocol`]: the sans-I/O PROXY protocol (v1, v2): the header
+//!   read in front of client connections and written in front of upstream
+//!   ones.
 //! * [`tls`]: rustls configs for listeners and upstream groups.
 //! * [`stream`]: a connection as the data path sees it: TCP, or TLS driven
 //!   by lbd over TCP.
@@ -71,6 +75,7 @@ pub(crate) mod notify;
 pub(crate) mod park;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
+pub mod proxy_protocol;
 pub(crate) mod route;
 pub(crate) mod shard;
 pub(crate) mod signals;
@@ -259,6 +264,7 @@ fn start(
         .enumerate()
         .map(|(i, (m, a))| shard::WorkerLinks {
             seed: seed(i),
+            worker: i,
             metrics: m.clone(),
             dump_tx: dump_tx.clone(),
             scrape_tx: scrape_tx.clone(),

@@ -111,6 +111,9 @@ pub struct WorkerMetrics {
     pub tunnel_bytes_upstream: Counter,
     /// Bytes tunnels carried from backends to clients.
     pub tunnel_bytes_downstream: Counter,
+    /// Connections refused by the PROXY protocol reader, by reason (see
+    /// `downstream::proxy_protocol::Refusal`).
+    pub proxy_protocol_rejected: [Counter; 6],
     /// By global backend id.
     pub backends: Box<[BackendCounters]>,
 }
@@ -127,6 +130,7 @@ impl WorkerMetrics {
             tunnels_total: Counter::default(),
             tunnel_bytes_upstream: Counter::default(),
             tunnel_bytes_downstream: Counter::default(),
+            proxy_protocol_rejected: Default::default(),
             backends: (0..backends).map(|_| BackendCounters::default()).collect(),
         }
     }
@@ -425,6 +429,19 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         ("downstream", sum(w, |m| m.tunnel_bytes_downstream.get())),
     ] {
         let _ = writeln!(o, "lbd_tunnel_bytes_total{{direction=\"{dir}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbd_proxy_protocol_rejected_total Client connections refused by the PROXY protocol reader, by reason."
+    );
+    let _ = writeln!(o, "# TYPE lbd_proxy_protocol_rejected_total counter");
+    for r in crate::downstream::proxy_protocol::Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "lbd_proxy_protocol_rejected_total{{reason=\"{}\"}} {}",
+            r.label(),
+            sum(w, |m| m.proxy_protocol_rejected[r.index()].get())
+        );
     }
 
     let families: [Family; 5] = [

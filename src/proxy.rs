@@ -431,7 +431,7 @@ async fn relay_response<D: Downstream>(
         shard
             .upstreams
             .borrow_mut()
-            .checkin(up.backend, up.stream, shard.coarse_now());
+            .checkin(up.backend, up.stream, up.tag, shard.coarse_now());
     }
     Ok(Done {
         close_client: client.close_client,

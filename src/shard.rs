@@ -63,6 +63,8 @@ pub(crate) struct WorkerLinks {
     pub(crate) access: Option<(access_log::Format, access_log::WorkerLink)>,
     /// Seeds this worker's random draws (random and p2c balancing).
     pub(crate) seed: u64,
+    /// The worker's index (part of every request id it makes).
+    pub(crate) worker: usize,
 }
 
 /// A worker's access-log state.
@@ -121,6 +123,13 @@ pub(crate) struct Shard {
     access: Option<RefCell<AccessState>>,
     /// Per listener: this worker's own TLS server config, if any.
     listener_tls: Vec<Option<(Arc<rustls::ServerConfig>, Duration)>>,
+    /// When a PROXY protocol refusal was last logged (one a second).
+    pub(crate) proxy_protocol_log: Cell<Option<Instant>>,
+    /// Some group sends PROXY protocol headers: connections learn their
+    /// local address.
+    pub(crate) sends_proxy_protocol: bool,
+    /// This worker's request ids.
+    pub(crate) request_ids: crate::downstream::request_id::Generator,
 }
 
 impl Shard {
@@ -145,6 +154,12 @@ impl Shard {
                         .and_then(|(m, t)| crate::tls::server_config(m).map(|c| (c, *t)))
                 })
                 .collect(),
+            proxy_protocol_log: Cell::new(None),
+            sends_proxy_protocol: config
+                .upstreams
+                .iter()
+                .any(|u| u.send_proxy_protocol.is_some()),
+            request_ids: crate::downstream::request_id::Generator::new(links.worker),
             config,
             shared,
             upstreams: RefCell::new(upstreams),

@@ -74,7 +74,7 @@ fn tls_err(e: rustls::Error) -> io::Error {
 }
 
 /// Reads from `tcp` into `b`'s spare capacity before `deadline`.
-async fn tcp_fill(
+pub(crate) async fn tcp_fill(
     tcp: &mut TcpStream,
     b: &mut InBuf,
     limit: usize,
@@ -192,6 +192,21 @@ impl Tls {
         result
     }
 
+    /// Feeds ciphertext that was read before the handshake began (the
+    /// bytes after a PROXY protocol header) to rustls.
+    fn feed(&mut self, mut early: &[u8]) -> io::Result<()> {
+        while !early.is_empty() {
+            if self.conn.read_tls(&mut early)? == 0 {
+                break;
+            }
+            let state = self.conn.process_new_packets().map_err(tls_err)?;
+            if state.peer_has_closed() {
+                self.eof = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Completes the handshake before `deadline`.
     async fn handshake(&mut self, deadline: Instant) -> io::Result<()> {
         while self.conn.is_handshaking() {
@@ -267,10 +282,13 @@ impl Stream {
     }
 
     /// Server side: the TLS handshake with a client, within `limit`.
+    /// `early`: the handshake's first bytes, if some were already read
+    /// from `tcp` (after a PROXY protocol header).
     pub async fn accept_tls(
         tcp: TcpStream,
         config: Arc<ServerConfig>,
         limit: Duration,
+        early: &[u8],
     ) -> io::Result<Self> {
         let _ = tcp.set_nodelay(true);
         let conn = ServerConnection::new(config).map_err(tls_err)?;
@@ -279,6 +297,7 @@ impl Stream {
             conn: Connection::Server(conn),
             eof: false,
         });
+        t.feed(early)?;
         t.handshake(Instant::now() + limit).await?;
         Ok(Stream::Tls(t))
     }

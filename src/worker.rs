@@ -391,6 +391,7 @@ mod size_tests {
             scrape_tx: stx,
             access: None,
             seed: 1,
+            worker: 0,
         };
         let mut rt = RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()

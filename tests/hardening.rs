@@ -544,7 +544,11 @@ fn absolute_form_becomes_origin_form_with_authority_host() {
 #[test]
 fn connection_cannot_strip_xff_and_hop_by_hop_is_removed() {
     let origin = Origin::start("o");
-    let lbd = LbdConf::front(&[origin.port]).start();
+    // The client is a trusted proxy: its X-Forwarded-For is appended to
+    // (from others it is replaced, see tests/forwarding.rs).
+    let lbd = LbdConf::front(&[origin.port])
+        .top("trusted_proxies: [127.0.0.1/32]")
+        .start();
     // `Connection: close, X-Forwarded-For` drops the client's XFF value but
     // lbd's own X-Forwarded-For is still added.
     let mut c = lbd.client();

@@ -370,7 +370,11 @@ fn pipelined_requests_answered_in_order() {
 #[test]
 fn hop_by_hop_headers_stripped_and_x_forwarded_for_appended() {
     let a = Origin::start("a");
-    let lbd = LbdConf::front(&[a.port]).start();
+    // The client is a trusted proxy: its X-Forwarded-For is appended to
+    // (from others it is replaced, see tests/forwarding.rs).
+    let lbd = LbdConf::front(&[a.port])
+        .top("trusted_proxies: [127.0.0.1/32]")
+        .start();
     let mut c = lbd.client();
     c.send(
         b"GET /headers HTTP/1.1\r\nHost: lbd.test\r\nConnection: keep-alive, X-Custom\r\nX-Custom: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: example/1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",

@@ -13,12 +13,14 @@
 //! can only close the connection.
 
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::request_id::{self, RequestId};
 use super::{End, DRAIN_IDLE_WINDOW};
 use crate::buffer::{self, InBuf};
 use crate::config::HeaderPair;
@@ -29,8 +31,8 @@ use crate::http::request::{
 };
 use crate::http::response::ResponseView;
 use crate::http::rewrite::{
-    write_client_head, write_upstream_head, ClientContext, ClientHead, Forwarding, ResponseExtras,
-    SetCookie,
+    write_client_head, write_upstream_head, ClientContext, ClientHead, ForwardHeaders, Forwarding,
+    ResponseExtras, SetCookie,
 };
 use crate::http::{self, Framing};
 use crate::park::{ConnInfo, PARK_AFTER};
@@ -39,45 +41,56 @@ use crate::route::Route;
 use crate::shard::{Finished, Shard};
 use crate::stream::{Stream, Watch, Watched};
 use crate::tunnel::{self, Carried, TunnelLimits};
-use crate::upstream::Affinity;
+use crate::upstream::{Affinity, ProxySource};
 
 /// Serves one client connection until it closes, errs, times out or parks.
 /// `info.served` is 0 for a new connection, or the count of a connection
 /// coming back from the parking lot.
-pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, info: ConnInfo) -> End {
+pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, mut info: ConnInfo) -> End {
     let limits = &shard.config.limits;
-    // A parked connection is plain TCP (TLS ones never park).
-    let tls = if info.served == 0 {
-        shard.listener_tls(info.listener)
+    let listener = shard.config.listeners.get(info.listener);
+    // A parked connection is plain TCP (TLS ones never park), past any
+    // PROXY protocol header.
+    let fresh = info.served == 0;
+    let tls = fresh.then(|| shard.listener_tls(info.listener)).flatten();
+    let pp = listener
+        .filter(|_| fresh)
+        .and_then(|l| l.forwarding.proxy_protocol.as_ref());
+    // `early`: what came after a PROXY protocol header on a plain
+    // connection, the first request's first bytes.
+    // `head_from`: when the first request's head deadline starts.
+    let (mut client, early, head_from) = if tls.is_none() && pp.is_none() {
+        (Stream::plain(tcp), None, Instant::now())
     } else {
-        None
+        // Boxed: the header's and the handshake's state is only needed
+        // until they are done, so it must not widen every connection's
+        // future.
+        match Box::pin(start(&shard, tcp, &mut info, pp, tls)).await {
+            Some(started) => started,
+            None => return End::Closed,
+        }
     };
-    let mut client = match tls {
-        None => Stream::plain(tcp),
-        // Boxed: the handshake's state is only needed until it completes, so
-        // it must not widen every connection's future.
-        Some((config, limit)) => match Box::pin(Stream::accept_tls(tcp, config, limit)).await {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("{}: TLS handshake failed: {e}", info.peer);
-                return End::Closed;
-            }
-        },
-    };
+    let local = shard
+        .sends_proxy_protocol
+        .then(|| local_address(&client, listener.map(|l| l.address)));
     let sni_cert = shard.config.listeners.get(info.listener).and_then(|l| {
         let (m, _) = l.tls.as_ref()?;
         crate::tls::has_sni_certificates(m)
             .then(|| crate::tls::certificate_for(m, client.server_name().map(str::as_bytes)))
     });
+    let trusted = listener.is_some_and(|l| l.forwarding.trusted_proxies.contains(info.peer.ip()));
     let mut conn = Conn {
         sni_cert,
+        trusted,
+        local,
         info,
         // The first request's head must be complete within `header_timeout`
-        // of the connection being accepted (idle wait included); later
-        // requests' heads within `header_timeout` of their first byte.
-        first_deadline: Instant::now() + limits.header_timeout,
+        // of the connection being accepted (idle wait and PROXY protocol
+        // header included) or its TLS handshake done; later requests' heads
+        // within `header_timeout` of their first byte.
+        first_deadline: head_from + limits.header_timeout,
     };
-    let mut cbuf: Option<InBuf> = None;
+    let mut cbuf: Option<InBuf> = early;
     // A connection back from the parking lot is readable already: no wait.
     let mut resumed = info.served > 0;
     loop {
@@ -175,6 +188,71 @@ struct Conn {
     /// On a TLS listener with SNI certificates: the certificate the
     /// handshake chose (see [`crate::tls::certificate_for`]).
     sni_cert: Option<usize>,
+    /// The client is in `trusted_proxies`: its forwarding headers and
+    /// request id are kept.
+    trusted: bool,
+    /// The address the client reached lbd at, when some group sends PROXY
+    /// protocol headers (their destination).
+    local: Option<SocketAddr>,
+}
+
+/// A new connection's start: its PROXY protocol header (`pp`, which sets
+/// `info.peer`), then its TLS handshake (`tls`). Returns the stream, on a
+/// plain connection the bytes that came after the header, and when the
+/// first request's head deadline starts (accept, or the handshake's end);
+/// `None` if the connection is done.
+async fn start(
+    shard: &Shard,
+    mut tcp: TcpStream,
+    info: &mut ConnInfo,
+    pp: Option<&crate::config::ProxyProtocolConfig>,
+    tls: Option<(std::sync::Arc<rustls::ServerConfig>, Duration)>,
+) -> Option<(Stream, Option<InBuf>, Instant)> {
+    let accepted = Instant::now();
+    let mut early = None;
+    if let Some(pp) = pp {
+        early = super::proxy_protocol::accept(shard, &mut tcp, pp, info)
+            .await
+            .ok()?;
+    }
+    let Some((config, limit)) = tls else {
+        return Some((Stream::plain(tcp), early, accepted));
+    };
+    // The handshake's first bytes may have come with the header.
+    let first = early.as_ref().map_or(&[][..], InBuf::data);
+    let res = Stream::accept_tls(tcp, config, limit, first).await;
+    if let Some(b) = early {
+        b.release();
+    }
+    match res {
+        Ok(s) => Some((s, None, Instant::now())),
+        Err(e) => {
+            log::debug!("{}: TLS handshake failed: {e}", info.peer);
+            None
+        }
+    }
+}
+
+/// The address a client connection reached lbd at: the listener's own when
+/// it names one, else the socket's (a wildcard listener).
+fn local_address(client: &Stream, listener: Option<SocketAddr>) -> SocketAddr {
+    use nix::sys::socket::{getsockname, SockaddrLike, SockaddrStorage};
+    if let Some(a) = listener.filter(|a| !a.ip().is_unspecified() && a.port() != 0) {
+        return a;
+    }
+    let own = getsockname::<SockaddrStorage>(client.raw_fd())
+        .ok()
+        .and_then(|s| match s.family() {
+            Some(nix::sys::socket::AddressFamily::Inet) => {
+                s.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+            }
+            Some(nix::sys::socket::AddressFamily::Inet6) => {
+                s.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+            }
+            _ => None,
+        });
+    own.or(listener)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// How an idle wait ended.
@@ -255,6 +333,8 @@ struct Prepared {
     fields: Option<crate::access_log::Fields>,
     /// When its head was complete.
     started: std::time::Instant,
+    /// Its request id (`request_id`), if it has one.
+    request_id: Option<RequestId>,
 }
 
 /// One request/response exchange. `Ok(true)`: keep the connection.
@@ -272,6 +352,10 @@ async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut 
     };
     let http10 = p.req.head.http10;
     let routes = &shard.routes[conn.info.listener];
+    let rid_header = shard.config.listeners[conn.info.listener]
+        .forwarding
+        .request_id
+        .as_ref();
     let mut down = H1Exchange {
         shard,
         client: &mut *client,
@@ -280,6 +364,9 @@ async fn exchange(shard: &Shard, client: &mut Stream, conn: &mut Conn, cb: &mut 
         add_response_headers: &routes.config(p.route).add_response_headers,
         body_done: p.req.head.framing == Framing::None,
         upgrade: p.req.upgrade.is_some(),
+        request_id: rid_header
+            .zip(p.request_id.as_ref())
+            .map(|(c, id)| (c.header.as_slice(), id.as_bytes())),
     };
     let result = proxy::forward(shard, &mut down, &p.req, p.obuf).await;
     // Request bytes may still be on their way: close in stages.
@@ -369,9 +456,16 @@ async fn read_head(
                     route,
                     affinity,
                     upgrade,
+                    request_id,
                 })) => {
                     let started = std::time::Instant::now();
-                    let fields = shard.access_fields(&cb.data()[..head.head_len]);
+                    let mut fields = shard.access_fields(&cb.data()[..head.head_len]);
+                    if let Some(f) = &mut fields {
+                        let forwarding = &shard.config.listeners[info.listener].forwarding;
+                        if forwarding.request_id.is_some() {
+                            f.set_request_id(request_id.as_ref().map(RequestId::as_bytes));
+                        }
+                    }
                     cb.consume(head.head_len);
                     let close_client = !head.keep_alive
                         || info.served + 1 >= limits.keepalive_requests
@@ -389,6 +483,7 @@ async fn read_head(
                         obuf,
                         fields,
                         started,
+                        request_id,
                     });
                 }
                 Ok(Parsed::Partial) => {}
@@ -426,13 +521,14 @@ async fn read_head(
     }
 }
 
-/// A parsed, routed request: its head, route and affinity.
+/// A parsed, routed request: its head, route, affinity and request id.
 struct Routed {
     head: RequestHead,
     route: Route,
     affinity: Affinity,
     /// An allowed upgrade (index into the group's `upgrade_protocols`).
     upgrade: Option<usize>,
+    request_id: Option<RequestId>,
 }
 
 /// Parses the head at the start of `buf`, routes it and writes the upstream
@@ -450,6 +546,8 @@ fn prepare(
         max_headers: limits.max_headers,
     };
     let routes = &shard.routes[info.listener];
+    let listener = &shard.config.listeners[info.listener];
+    let lf = &listener.forwarding;
     let mut scratch = shard.scratch.borrow_mut();
     let parsed = parse_request(buf, hl, |v| {
         if misdirected(shard, conn, v) {
@@ -466,6 +564,10 @@ fn prepare(
         if upgrade.is_some() && shard.tunnels.get() >= shard.config.limits.max_tunnels_per_worker {
             return Err(Reject::TunnelLimit);
         }
+        let request_id = lf
+            .request_id
+            .as_ref()
+            .and_then(|c| request_id::decide(c, conn.trusted, v.headers, &shard.request_ids));
         let fwd = Forwarding {
             client_ip: info.peer.ip(),
             default_host: ups.default_host(route.group),
@@ -473,14 +575,34 @@ fn prepare(
             remove: &rc.remove_request_headers,
             add: &rc.add_request_headers,
             upgrade: upgrade.and(v.upgrade),
+            headers: ForwardHeaders {
+                trusted: conn.trusted,
+                xff: lf.forwarded.x_forwarded(),
+                proto_host: lf.forwarded.x_forwarded(),
+                rfc7239: lf.forwarded.rfc7239(),
+                https: listener.tls.is_some(),
+                request_id: lf.request_id.as_ref().map(|c| {
+                    (
+                        c.header.as_slice(),
+                        request_id.as_ref().map(RequestId::as_bytes),
+                    )
+                }),
+            },
         };
         write_upstream_head(&RequestView { path, ..*v }, &fwd, obuf);
-        let affinity = ups.affinity(route.group, info.peer.ip(), v);
+        let mut affinity = ups.affinity(route.group, info.peer.ip(), v);
+        if let (Some(dst), true) = (conn.local, ups.sends_proxy_protocol(route.group)) {
+            affinity.proxy = Some(ProxySource {
+                src: info.peer,
+                dst,
+            });
+        }
         Ok(Routed {
             head: v.head,
             route,
             affinity,
             upgrade,
+            request_id,
         })
     });
     let bad = |e| ProxyError::downstream(ErrorKind::BadRequest(e));
@@ -582,6 +704,8 @@ struct H1Exchange<'a> {
     body_done: bool,
     /// The request asked for an upgrade lbd forwarded.
     upgrade: bool,
+    /// The request id echoed in the response: header name and value.
+    request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 fn client_io(e: io::Error) -> ProxyError {
@@ -715,6 +839,7 @@ impl Downstream for H1Exchange<'_> {
         let extras = ResponseExtras {
             headers: self.add_response_headers,
             set_cookie,
+            request_id: self.request_id,
         };
         write_client_head(resp, ctx, &extras, out)
     }

@@ -4,10 +4,13 @@
 //! [`h1`] is the HTTP/1 connection loop (idle wait and parking, TLS accept,
 //! reading request heads, keep-alive, error responses) and implements
 //! [`crate::proxy::Downstream`] for the exchanges it hands to
-//! [`crate::proxy`]. Other client protocols (PROXY protocol in front of a
-//! connection, HTTP/2) are rooms beside it.
+//! [`crate::proxy`]. [`proxy_protocol`] reads a PROXY protocol header in
+//! front of a connection (before TLS), [`request_id`] keeps or makes request
+//! ids. Other client protocols (HTTP/2) are rooms beside them.
 
 pub(crate) mod h1;
+pub(crate) mod proxy_protocol;
+pub(crate) mod request_id;
 
 use std::time::Duration;
 

@@ -36,10 +36,13 @@ pub struct Forwarding<'a> {
     /// The `Upgrade` value to forward (with `Connection: upgrade`) when the
     /// request's upgrade is allowed; `None` strips it as a hop-by-hop header.
     pub upgrade: Option<&'a [u8]>,
+    /// The forwarding headers lbd writes, and whether the client's are kept.
+    pub headers: ForwardHeaders<'a>,
 }
 
 impl<'a> Forwarding<'a> {
-    /// Forwarding with nothing removed or added.
+    /// Forwarding with nothing removed or added, and only `X-Forwarded-For`
+    /// appended to the client's ([`ForwardHeaders::APPEND_XFF`]).
     pub fn new(client_ip: IpAddr, default_host: &'a [u8], host_override: Option<&'a [u8]>) -> Self {
         Forwarding {
             client_ip,
@@ -48,8 +51,87 @@ impl<'a> Forwarding<'a> {
             remove: &[],
             add: &[],
             upgrade: None,
+            headers: ForwardHeaders::APPEND_XFF,
         }
     }
+}
+
+/// The forwarding headers of an upstream head: `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded`, and the
+/// request id.
+///
+/// From a trusted client (`trusted`), the client's `X-Forwarded-For` and
+/// `Forwarded` chains are kept and lbd's element appended; its
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept as they are (the
+/// first proxy saw the original scheme and host) and lbd writes its own
+/// only where the client sent none. From any other client they are all
+/// dropped and only lbd's are sent, so a client cannot make the backend
+/// believe it came from elsewhere. A forwarding header lbd does not write
+/// (`forwarded: rfc7239` leaves the `X-Forwarded-*` ones, say) passes
+/// through from a trusted client and is dropped from others. The client's
+/// request-id lines are always dropped: lbd writes the one it decided on.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardHeaders<'a> {
+    /// The client may set forwarding headers (a trusted proxy).
+    pub trusted: bool,
+    /// Write `X-Forwarded-For`.
+    pub xff: bool,
+    /// Write `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    pub proto_host: bool,
+    /// Write RFC 7239 `Forwarded`.
+    pub rfc7239: bool,
+    /// The client connection is TLS (`https`, else `http`).
+    pub https: bool,
+    /// The request-id header's name and the id to send, if one.
+    pub request_id: Option<(&'a [u8], Option<&'a [u8]>)>,
+}
+
+impl ForwardHeaders<'_> {
+    /// What lbd did before forwarding was configurable: every client's
+    /// `X-Forwarded-For` appended to, nothing else written or dropped.
+    pub const APPEND_XFF: ForwardHeaders<'static> = ForwardHeaders {
+        trusted: true,
+        xff: true,
+        proto_host: false,
+        rfc7239: false,
+        https: false,
+        request_id: None,
+    };
+
+    fn proto(&self) -> &'static [u8] {
+        if self.https {
+            b"https"
+        } else {
+            b"http"
+        }
+    }
+}
+
+/// The forwarding headers, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fwd {
+    For,
+    Proto,
+    Host,
+    Forwarded,
+    RequestId,
+}
+
+/// Which forwarding header `name` is, if any (lengths first: most names
+/// are none of them).
+fn forwarding_header(name: &[u8], request_id: Option<&[u8]>) -> Option<Fwd> {
+    let kind = match name.len() {
+        9 if name.eq_ignore_ascii_case(b"forwarded") => Some(Fwd::Forwarded),
+        15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => Some(Fwd::For),
+        16 if name.eq_ignore_ascii_case(b"x-forwarded-host") => Some(Fwd::Host),
+        17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => Some(Fwd::Proto),
+        _ => None,
+    };
+    kind.or_else(|| {
+        request_id
+            .filter(|r| name.eq_ignore_ascii_case(r))
+            .map(|_| Fwd::RequestId)
+    })
 }
 
 /// Writes the HTTP/1.1 head lbd sends upstream for `req` (appending to
@@ -65,7 +147,13 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
         .or(req.host)
         .unwrap_or(fwd.default_host);
     push_header(out, b"Host", host_out);
+    let fh = &fwd.headers;
+    let rid_name = fh.request_id.map(|(name, _)| name);
     let mut xff_written = false;
+    let mut forwarded_written = false;
+    // A trusted client's own X-Forwarded-Proto / -Host stand.
+    let mut proto_seen = false;
+    let mut host_seen = false;
     for h in req.headers {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
@@ -74,14 +162,34 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
         {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            // Merge every XFF line into one, then append the client address;
-            // emitted once, after Connection-named stripping is decided below.
-            if !xff_written && !named_by_connection(req.headers, name) {
-                xff_written = true;
-                write_xff(out, req.headers, fwd.client_ip);
+        match forwarding_header(name, rid_name) {
+            None => {}
+            Some(Fwd::RequestId) => continue,
+            Some(_) if !fh.trusted => continue,
+            Some(Fwd::For) if fh.xff => {
+                // Merge every XFF line into one, then append the client
+                // address; emitted once, unless Connection names it.
+                if !xff_written && !named_by_connection(req.headers, name) {
+                    xff_written = true;
+                    write_xff(out, req.headers, fwd.client_ip);
+                }
+                continue;
             }
-            continue;
+            Some(Fwd::Forwarded) if fh.rfc7239 => {
+                if !forwarded_written && !named_by_connection(req.headers, name) {
+                    forwarded_written = true;
+                    write_forwarded(out, req, fwd);
+                }
+                continue;
+            }
+            Some(Fwd::Proto) if fh.proto_host => {
+                proto_seen |= !named_by_connection(req.headers, name);
+            }
+            Some(Fwd::Host) if fh.proto_host => {
+                host_seen |= !named_by_connection(req.headers, name);
+            }
+            // Trusted, and not one lbd writes: passes through.
+            Some(_) => {}
         }
         if named_by_connection(req.headers, name)
             || fwd.remove.iter().any(|r| name.eq_ignore_ascii_case(r))
@@ -97,8 +205,29 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
         out.extend_from_slice(b"Connection: upgrade\r\n");
         push_header(out, b"Upgrade", u);
     }
-    if !xff_written {
+    if fh.xff && !xff_written {
         write_xff(out, &[], fwd.client_ip);
+    }
+    if fh.proto_host {
+        if !proto_seen {
+            push_header(out, b"X-Forwarded-Proto", fh.proto());
+        }
+        if let (false, Some(host)) = (host_seen, req.target_host()) {
+            push_header(out, b"X-Forwarded-Host", host);
+        }
+    }
+    if fh.rfc7239 && !forwarded_written {
+        write_forwarded(
+            out,
+            &RequestView {
+                headers: &[],
+                ..*req
+            },
+            fwd,
+        );
+    }
+    if let Some((name, Some(id))) = fh.request_id {
+        push_header(out, name, id);
     }
     match req.head.framing {
         Framing::Length(n) => write_content_length(out, n),
@@ -116,17 +245,25 @@ pub fn write_upstream_head(req: &RequestView<'_>, fwd: &Forwarding<'_>, out: &mu
 
 fn write_xff(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], client: IpAddr) {
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-    {
+    push_chain(out, headers, "x-forwarded-for");
+    push_ip(out, client);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The values of every `name` line in `headers`, each followed by `, `:
+/// a list-valued header's existing elements, merged into one line.
+fn push_chain(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str) {
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
         let v = trim_ows(h.value);
         if !v.is_empty() {
             out.extend_from_slice(v);
             out.extend_from_slice(b", ");
         }
     }
-    match client {
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
         // The common case without the formatting machinery (it showed in
         // the profile).
         IpAddr::V4(a) => {
@@ -142,7 +279,47 @@ fn write_xff(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], client: IpAddr
             let _ = write!(out, "{a}");
         }
     }
+}
+
+/// `Forwarded: <the client's elements, >for=…;host=…;proto=…` (RFC 7239):
+/// the client's lines (those of `req.headers`) joined first.
+fn write_forwarded(out: &mut Vec<u8>, req: &RequestView<'_>, fwd: &Forwarding<'_>) {
+    out.extend_from_slice(b"Forwarded: ");
+    push_chain(out, req.headers, "forwarded");
+    out.extend_from_slice(b"for=");
+    match fwd.client_ip {
+        // §6: an IPv6 node is bracketed, and so quoted.
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"\"[");
+            push_ip(out, fwd.client_ip);
+            out.extend_from_slice(b"]\"");
+        }
+        IpAddr::V4(_) => push_ip(out, fwd.client_ip),
+    }
+    if let Some(host) = req.target_host() {
+        out.extend_from_slice(b";host=");
+        push_token_or_quoted(out, host);
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(fwd.headers.proto());
     out.extend_from_slice(b"\r\n");
+}
+
+/// A value as an RFC 9110 token if it is one, else a quoted string.
+fn push_token_or_quoted(out: &mut Vec<u8>, v: &[u8]) {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !v.is_empty() && v.iter().all(|&b| tchar(b)) {
+        out.extend_from_slice(v);
+        return;
+    }
+    out.push(b'"');
+    for &b in v {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// What an HTTP/1 client's side of the exchange needs to frame a response.
@@ -181,6 +358,8 @@ pub struct ResponseExtras<'a> {
     pub headers: &'a [Header],
     /// The sticky cookie to set, if any.
     pub set_cookie: Option<SetCookie<'a>>,
+    /// The request id echoed to the client: header name and value.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Writes the HTTP/1 response head a client gets for `resp` (appending to
@@ -211,7 +390,13 @@ pub fn write_client_head(
     write_status_line(out, h.status, resp.reason);
     for hd in resp.headers {
         let name = hd.name.as_bytes();
-        if is_hop_by_hop(name) || named_by_connection(resp.headers, name) {
+        if is_hop_by_hop(name)
+            || named_by_connection(resp.headers, name)
+            // The backend's echo of the request id: lbd writes its own.
+            || extras
+                .request_id
+                .is_some_and(|(n, _)| name.eq_ignore_ascii_case(n))
+        {
             continue;
         }
         push_header(out, name, hd.value);
@@ -266,6 +451,9 @@ fn write_switch_head(
 
 fn write_extras(out: &mut Vec<u8>, extras: &ResponseExtras<'_>) {
     for (name, value) in extras.headers {
+        push_header(out, name, value);
+    }
+    if let Some((name, value)) = extras.request_id {
         push_header(out, name, value);
     }
     if let Some(c) = &extras.set_cookie {
@@ -455,6 +643,136 @@ mod tests {
             );
         }
     }
+    /// The upstream head for `req` from `client` with `fh`.
+    fn upstream(req: &[u8], client: &str, fh: ForwardHeaders<'_>) -> String {
+        use super::super::request::{parse_request, HeadLimits};
+        let limits = HeadLimits {
+            max_head_bytes: 8192,
+            max_headers: 64,
+        };
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            headers: fh,
+            ..Forwarding::new(client.parse().unwrap(), b"backend:80", None)
+        };
+        match parse_request(req, limits, |v| write_upstream_head(v, &fwd, &mut out)) {
+            Ok(Parsed::Complete(())) => String::from_utf8(out).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const STD: ForwardHeaders<'static> = ForwardHeaders {
+        trusted: false,
+        xff: true,
+        proto_host: true,
+        rfc7239: false,
+        https: false,
+        request_id: None,
+    };
+
+    const SPOOF: &[u8] = b"GET / HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 6.6.6.6\r\n\
+        X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n\
+        X-Request-Id: spoof\r\nX-Other: o\r\n\r\n";
+
+    #[test]
+    fn untrusted_forwarding_headers_replaced() {
+        let out = upstream(SPOOF, "192.0.2.9", STD);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: app.example\r\nX-Request-Id: spoof\r\nX-Other: o\r\n\
+             X-Forwarded-For: 192.0.2.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: app.example\r\n\r\n"
+        );
+        let both = ForwardHeaders {
+            rfc7239: true,
+            https: true,
+            request_id: Some((b"X-Request-Id", Some(b"abc"))),
+            ..STD
+        };
+        let out = upstream(SPOOF, "2001:db8::1", both);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: app.example\r\nX-Other: o\r\n\
+             X-Forwarded-For: 2001:db8::1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example\r\n\
+             Forwarded: for=\"[2001:db8::1]\";host=app.example;proto=https\r\nX-Request-Id: abc\r\n\r\n"
+        );
+        // rfc7239 only: the X-Forwarded-* of an untrusted client are dropped.
+        let rfc = ForwardHeaders {
+            xff: false,
+            proto_host: false,
+            rfc7239: true,
+            ..STD
+        };
+        let out = upstream(SPOOF, "192.0.2.9", rfc);
+        assert!(!out.contains("X-Forwarded"), "{out}");
+        assert!(out.contains("\r\nForwarded: for=192.0.2.9;host=app.example;proto=http\r\n"));
+        // none: nothing written, nothing of the client's kept.
+        let none = ForwardHeaders {
+            rfc7239: false,
+            ..rfc
+        };
+        let out = upstream(SPOOF, "192.0.2.9", none);
+        assert!(!out.contains("orwarded"), "{out}");
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_kept_and_appended() {
+        let trusted = ForwardHeaders {
+            trusted: true,
+            rfc7239: true,
+            request_id: Some((b"X-Request-Id", Some(b"spoof"))),
+            ..STD
+        };
+        let out = upstream(SPOOF, "10.0.0.1", trusted);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 6.6.6.6, 10.0.0.1\r\n\
+             X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\
+             Forwarded: for=6.6.6.6, for=10.0.0.1;host=app.example;proto=http\r\nX-Other: o\r\n\
+             X-Request-Id: spoof\r\n\r\n"
+        );
+        // What lbd does not write passes through from a trusted client.
+        let rfc = ForwardHeaders {
+            xff: false,
+            proto_host: false,
+            ..trusted
+        };
+        let out = upstream(SPOOF, "10.0.0.1", rfc);
+        assert!(out.contains("\r\nX-Forwarded-For: 6.6.6.6\r\n"), "{out}");
+        assert!(out.contains("\r\nX-Forwarded-Host: evil\r\n"), "{out}");
+        // A header Connection names counts as absent.
+        let out = upstream(
+            b"GET / HTTP/1.1\r\nHost: h:8080\r\nConnection: X-Forwarded-Proto\r\nX-Forwarded-Proto: https\r\n\r\n",
+            "10.0.0.1",
+            trusted,
+        );
+        assert!(out.contains("\r\nX-Forwarded-Proto: http\r\n"), "{out}");
+        assert!(!out.contains("https"), "{out}");
+        assert!(out.contains(";host=\"h:8080\";"), "{out}");
+    }
+
+    #[test]
+    fn request_id_echoed_once() {
+        let extras = ResponseExtras {
+            request_id: Some((b"X-Request-Id", b"r1")),
+            ..ResponseExtras::default()
+        };
+        let mut out = Vec::new();
+        let input = b"HTTP/1.1 200 OK\r\nx-request-id: theirs\r\nContent-Length: 0\r\n\r\n";
+        let cctx = ClientContext {
+            http10: false,
+            close_client: false,
+        };
+        let r = parse_response(input, false, |v| {
+            write_client_head(v, cctx, &extras, &mut out)
+        });
+        assert!(matches!(r, Ok(Parsed::Complete(_))));
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX-Request-Id: r1\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
     #[test]
     fn xff_formats_v4_and_v6() {
         let mut out = Vec::new();

@@ -12,6 +12,12 @@
 //! counts against `max_retries` ([`Attempts`]). Resource exhaustion on lbd's
 //! side (descriptors, ports, memory) is an internal error: the backend is not
 //! blamed and the others are not tried.
+//!
+//! For a group with `send_proxy_protocol`, a new connection starts with the
+//! PROXY protocol header for the request's client ([`Affinity::proxy`]),
+//! written right after the TCP connect (before any TLS handshake) within the
+//! connect timeout, and only a pooled connection opened for the same client
+//! is reused (see [`super::pool`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -20,7 +26,8 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use monoio::time::timeout;
 
-use super::{Affinity, BackendId, Outcome, Upstreams};
+use super::pool::Tag;
+use super::{Affinity, BackendId, Outcome, ProxySource, Upstreams};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::stream::Stream;
 
@@ -32,6 +39,9 @@ pub(crate) struct Upstream<'u> {
     pub(crate) backend: BackendId,
     /// It came from the pool.
     pub(crate) reused: bool,
+    /// The client its PROXY protocol header named, if it sent one: it goes
+    /// back to the pool with it.
+    pub(crate) tag: Option<Tag>,
     /// The request counts as in flight to `backend` while this lives.
     pub(crate) lease: Lease<'u>,
 }
@@ -110,14 +120,14 @@ pub(crate) async fn acquire<'u>(
         };
         attempts.count();
         let lease = Lease::new(ups, backend);
-        let lease = match checkout(ups, backend, now(), lease) {
+        let lease = match checkout(ups, backend, aff, now(), lease) {
             Ok(up) => return Ok(up),
             Err(lease) => lease,
         };
         let addr = ups.borrow().address(backend);
         log::debug!("upstream peer is {addr}");
-        match connect(ups, group, backend).await {
-            Ok(stream) => return Ok(opened(ups, stream, backend, lease)),
+        match connect(ups, group, backend, aff.proxy).await {
+            Ok(stream) => return Ok(opened(ups, stream, backend, aff, lease)),
             Err(e) if e.side == Side::Internal => {
                 log::error!("cannot connect to upstream {addr}: {}", e.kind);
                 return Err(e);
@@ -152,14 +162,15 @@ pub(crate) async fn reacquire<'u>(
         backend,
         reused,
         lease,
+        ..
     } = old;
     drop(stream);
     let addr = ups.borrow().address(backend);
     if reused {
         log::debug!("pooled connection to {addr} was closed; resending on a new one");
         attempts.count();
-        match connect(ups, group, backend).await {
-            Ok(stream) => return Ok(opened(ups, stream, backend, lease)),
+        match connect(ups, group, backend, aff.proxy).await {
+            Ok(stream) => return Ok(opened(ups, stream, backend, aff, lease)),
             Err(e) => log::warn!("connect to upstream {addr} failed: {}", e.kind),
         }
     }
@@ -178,15 +189,18 @@ pub(crate) async fn reacquire<'u>(
     })
 }
 
-/// A pooled connection to `backend`, or the lease back.
+/// A pooled connection to `backend` (for the request's client, if the
+/// group sends PROXY protocol headers), or the lease back.
 fn checkout<'u>(
     ups: &RefCell<Upstreams>,
     backend: BackendId,
+    aff: &Affinity,
     now: Instant,
     lease: Lease<'u>,
 ) -> Result<Upstream<'u>, Lease<'u>> {
     let mut u = ups.borrow_mut();
-    let Some(stream) = u.checkout(backend, now) else {
+    let tag = aff.proxy.as_ref().map(ProxySource::tag);
+    let Some(stream) = u.checkout(backend, tag, now) else {
         return Err(lease);
     };
     u.metrics.backend(backend.index()).pool_reuse.inc();
@@ -194,6 +208,7 @@ fn checkout<'u>(
         stream,
         backend,
         reused: true,
+        tag,
         lease,
     })
 }
@@ -202,6 +217,7 @@ fn opened<'u>(
     ups: &RefCell<Upstreams>,
     stream: Stream,
     backend: BackendId,
+    aff: &Affinity,
     lease: Lease<'u>,
 ) -> Upstream<'u> {
     ups.borrow()
@@ -213,24 +229,33 @@ fn opened<'u>(
         stream,
         backend,
         reused: false,
+        tag: aff.proxy.as_ref().map(ProxySource::tag),
         lease,
     }
 }
 
-/// Opens a new connection to `backend`: TCP within the connect timeout, then,
-/// for a TLS group, the handshake within what is left of it. Any failure
-/// here means nothing was sent.
+/// Opens a new connection to `backend`: TCP within the connect timeout, the
+/// PROXY protocol header for `proxy` if the group sends one, then, for a
+/// TLS group, the handshake within what is left of it. Any failure here
+/// means no request byte was sent.
 pub(crate) async fn connect(
     ups: &RefCell<Upstreams>,
     group: usize,
     backend: BackendId,
+    proxy: Option<ProxySource>,
 ) -> Result<Stream, ProxyError> {
-    let (limit, addr, tls) = {
+    let (limit, addr, tls, pp) = {
         let u = ups.borrow();
-        (u.connect_timeout, u.address(backend), u.tls(group))
+        let pp = u.send_proxy_protocol(group);
+        (u.connect_timeout, u.address(backend), u.tls(group), pp)
     };
     let started = Instant::now();
-    let tcp = match timeout(limit, TcpStream::connect_addr(addr)).await {
+    let left = || {
+        limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1))
+    };
+    let mut tcp = match timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(t)) => t,
         // Out of descriptors, ports or memory: lbd's problem, not the
         // backend's; do not mark it down or try the others.
@@ -240,19 +265,45 @@ pub(crate) async fn connect(
         Ok(Err(e)) => return Err(ProxyError::upstream(ErrorKind::ConnectFailed(e))),
         Err(_) => return Err(ProxyError::upstream(ErrorKind::ConnectTimeout)),
     };
+    if let Some(version) = pp {
+        send_proxy_header(&mut tcp, version, proxy, left()).await?;
+    }
     let Some((config, name)) = tls else {
         return Ok(Stream::plain(tcp));
     };
-    let left = limit
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(1));
-    match Stream::connect_tls(tcp, config, name, left).await {
+    match Stream::connect_tls(tcp, config, name, left()).await {
         Ok(s) => Ok(s),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             Err(ProxyError::upstream(ErrorKind::ConnectTimeout))
         }
         Err(e) => Err(ProxyError::upstream(ErrorKind::TlsHandshake(e))),
     }
+}
+
+/// Writes the PROXY protocol header in front of a new connection: the
+/// request's client, or `LOCAL` if lbd has none to name.
+async fn send_proxy_header(
+    tcp: &mut TcpStream,
+    version: crate::proxy_protocol::Version,
+    proxy: Option<ProxySource>,
+    limit: Duration,
+) -> Result<(), ProxyError> {
+    use monoio::buf::IoBuf;
+    use monoio::io::AsyncWriteRentExt;
+    let mut buf = crate::buffer::take();
+    match proxy {
+        Some(p) => crate::proxy_protocol::write(&mut buf, version, p.src, p.dst),
+        None => crate::proxy_protocol::write_local(&mut buf, version),
+    }
+    let len = buf.len();
+    let res = match timeout(limit, tcp.write_all(buf.slice(0..len))).await {
+        Ok((res, slice)) => {
+            crate::buffer::give(slice.into_inner());
+            res.map(|_| ())
+        }
+        Err(_) => return Err(ProxyError::upstream(ErrorKind::ConnectTimeout)),
+    };
+    res.map_err(|e| ProxyError::upstream(ErrorKind::ConnectFailed(e)))
 }
 
 fn is_local_exhaustion(e: &io::Error) -> bool {

@@ -12,8 +12,9 @@
 //!
 //! [`Upstreams`] is one worker's state over the registry, touched by that
 //! worker only: per group the selection cursor ([`select`]), the worker's
-//! own TLS client config and the Host settings; per backend its passive
-//! mark ([`marks`]) and idle keep-alive connections ([`pool`]).
+//! own TLS client config, the Host settings and the PROXY protocol version
+//! it sends; per backend its passive mark ([`marks`]) and idle keep-alive
+//! connections ([`pool`]).
 //! [`connect`] turns a group into a connected backend: checkout or connect,
 //! TCP and TLS, and the retry policy across backends.
 
@@ -135,6 +136,7 @@ impl Registry {
             };
             out.push(CheckGroup {
                 check: check.clone(),
+                proxy_protocol: up.send_proxy_protocol,
                 tls: up.tls.as_ref().and_then(crate::tls::client_config),
                 targets: g
                     .members
@@ -156,13 +158,37 @@ pub(crate) type ClientTls = (
     rustls::pki_types::ServerName<'static>,
 );
 
-/// What a request contributes to the pick of its backend.
+/// What a request contributes to the pick of its backend and connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Affinity {
     /// Its key hash (`balance: hash`), if it has the key.
     pub(crate) hash: Option<u32>,
     /// The backend its sticky cookie names, if valid for this group.
     pub(crate) sticky: Option<BackendId>,
+    /// For a group that sends PROXY protocol headers: the addresses its
+    /// connection's header carries (only a connection opened for the same
+    /// client address is reused, see [`pool`]).
+    pub(crate) proxy: Option<ProxySource>,
+}
+
+/// The addresses of a PROXY protocol header lbd sends: the client's, and
+/// the one it reached lbd at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProxySource {
+    /// The client (after any PROXY protocol header it came with).
+    pub(crate) src: SocketAddr,
+    /// lbd's local address of the client connection.
+    pub(crate) dst: SocketAddr,
+}
+
+impl ProxySource {
+    /// What a pooled connection carrying this header may be reused for.
+    pub(crate) fn tag(&self) -> pool::Tag {
+        pool::Tag {
+            client: self.src.ip(),
+            local: self.dst,
+        }
+    }
 }
 
 /// How a request to a backend ended, for latency-aware balancing.
@@ -199,6 +225,7 @@ struct GroupState {
     panic_percent: Option<u32>,
     /// `upgrade_protocols`, lower-case.
     upgrades: Vec<Vec<u8>>,
+    send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// One worker's state for one backend, by id: kept as long as the backend
@@ -351,7 +378,25 @@ impl Upstreams {
             let i = select::sticky::find_backend(&s.ids, value)?;
             Some(self.registry.groups[group].members[i])
         });
-        Affinity { hash, sticky }
+        Affinity {
+            hash,
+            sticky,
+            proxy: None,
+        }
+    }
+
+    /// The PROXY protocol version `group` sends in front of new
+    /// connections, if any.
+    pub(crate) fn send_proxy_protocol(
+        &self,
+        group: usize,
+    ) -> Option<crate::proxy_protocol::Version> {
+        self.groups.get(group).and_then(|g| g.send_proxy_protocol)
+    }
+
+    /// True if `group` sends PROXY protocol headers.
+    pub(crate) fn sends_proxy_protocol(&self, group: usize) -> bool {
+        self.send_proxy_protocol(group).is_some()
     }
 
     /// The sticky cookie to set on a response from `backend` for a request
@@ -459,14 +504,27 @@ impl Upstreams {
             .map_or(&[], |g| g.default_host.as_slice())
     }
 
-    /// Takes a live idle connection to `id`, if any (`now`: the coarse clock).
-    pub(crate) fn checkout(&mut self, id: BackendId, now: Instant) -> Option<Stream> {
-        self.pool.checkout(id, now)
+    /// Takes a live idle connection to `id` opened for `tag` (see
+    /// [`pool`]), if any (`now`: the coarse clock).
+    pub(crate) fn checkout(
+        &mut self,
+        id: BackendId,
+        tag: Option<pool::Tag>,
+        now: Instant,
+    ) -> Option<Stream> {
+        self.pool.checkout(id, tag, now)
     }
 
-    /// Returns a connection whose exchange completed cleanly.
-    pub(crate) fn checkin(&mut self, id: BackendId, stream: Stream, now: Instant) {
-        self.pool.checkin(id, stream, now);
+    /// Returns a connection whose exchange completed cleanly (`tag`: the
+    /// client its PROXY protocol header named, if it sent one).
+    pub(crate) fn checkin(
+        &mut self,
+        id: BackendId,
+        stream: Stream,
+        tag: Option<pool::Tag>,
+        now: Instant,
+    ) {
+        self.pool.checkin(id, stream, tag, now);
     }
 
     /// Closes idle connections past the idle timeout.
@@ -514,5 +572,6 @@ fn group_state(registry: &Registry, g: &Group, up: &UpstreamConfig, seed: u64) -
         slow_start_us: b.slow_start.map(|d| d.as_micros() as u64),
         panic_percent: b.panic_threshold_percent,
         upgrades: up.upgrade_protocols.clone(),
+        send_proxy_protocol: up.send_proxy_protocol,
     }
 }

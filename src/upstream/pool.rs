@@ -9,8 +9,21 @@
 //! closed (EOF), reset, or sent unsolicited bytes is discarded, never used.
 //! A periodic sweep (see `worker`) closes connections idle past
 //! `limits.upstream_idle_timeout_ms`. Idle connections hold no buffer.
+//!
+//! A connection that began with a PROXY protocol header (a group with
+//! `send_proxy_protocol`) told its backend who the client is, for as long as
+//! it lives: it carries a [`Tag`] (the client's address and the address the
+//! client reached lbd at) and is only checked out again for a request with
+//! the same tag, so a backend never attributes a request to another client.
+//! Such connections are reused by the same client (keep-alive, or its next
+//! connection from the same address; only the source port of the header
+//! may then be an earlier connection's); the others age out, and when a
+//! backend's stack is full the oldest gives way. Untagged connections are
+//! interchangeable, as before.
 
 use std::time::{Duration, Instant};
+
+use std::net::{IpAddr, SocketAddr};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
@@ -21,6 +34,16 @@ use crate::stream::Stream;
 struct Idle {
     stream: Stream,
     since: Instant,
+    tag: Option<Tag>,
+}
+
+/// Whom a connection's PROXY protocol header named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    /// The client's address.
+    pub(crate) client: IpAddr,
+    /// The address the client connected to.
+    pub(crate) local: SocketAddr,
 }
 
 /// Idle connections of one worker, indexed by backend id.
@@ -40,14 +63,28 @@ impl Pool {
         }
     }
 
-    /// Takes the most recently used live connection to `backend`, if any.
-    /// `now` may be the worker's coarse clock: idle timeouts are coarse.
-    pub(crate) fn checkout(&mut self, backend: BackendId, now: Instant) -> Option<Stream> {
+    /// Takes the most recently used live connection to `backend` with
+    /// `tag`, if any. `now` may be the worker's coarse clock: idle timeouts
+    /// are coarse.
+    pub(crate) fn checkout(
+        &mut self,
+        backend: BackendId,
+        tag: Option<Tag>,
+        now: Instant,
+    ) -> Option<Stream> {
         let stack = self.idle.get_mut(backend.index())?;
-        while let Some(c) = stack.pop() {
-            if now.duration_since(c.since) >= self.idle_timeout {
+        let mut i = stack.len();
+        while i > 0 {
+            i -= 1;
+            if now.duration_since(stack[i].since) >= self.idle_timeout {
+                // Older ones (below) are expired too.
+                stack.drain(..=i);
+                return None;
+            }
+            if stack[i].tag != tag {
                 continue;
             }
+            let c = stack.remove(i);
             if still_open(&c.stream) {
                 return Some(c.stream);
             }
@@ -55,11 +92,27 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose exchange completed cleanly.
-    pub(crate) fn checkin(&mut self, backend: BackendId, stream: Stream, now: Instant) {
+    /// Returns a connection whose exchange completed cleanly. A full stack
+    /// keeps what it has, unless the connection is tagged: then the oldest
+    /// gives way (tagged connections are not interchangeable, and the
+    /// oldest is the least likely to be asked for).
+    pub(crate) fn checkin(
+        &mut self,
+        backend: BackendId,
+        stream: Stream,
+        tag: Option<Tag>,
+        now: Instant,
+    ) {
         if let Some(stack) = self.idle.get_mut(backend.index()) {
+            if stack.len() >= self.cap && tag.is_some() && self.cap > 0 {
+                stack.remove(0);
+            }
             if stack.len() < self.cap {
-                stack.push(Idle { stream, since: now });
+                stack.push(Idle {
+                    stream,
+                    since: now,
+                    tag,
+                });
             }
         }
     }
