@@ -368,7 +368,15 @@ fn scalar(o: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 /// Renders the Prometheus text exposition (format 0.0.4).
 pub fn prometheus(s: &Scrape<'_>) -> String {
     let mut o = String::with_capacity(4096);
-    let w = s.workers;
+    client_families(&mut o, s.workers);
+    tunnel_families(&mut o, s.workers);
+    backend_families(&mut o, s);
+    latency_family(&mut o, s.latency);
+    o
+}
+
+/// Responses and client connections.
+fn client_families(o: &mut String, w: &[std::sync::Arc<WorkerMetrics>]) {
     let _ = writeln!(
         o,
         "# HELP lbd_requests_total Responses sent to clients, by status class."
@@ -385,36 +393,52 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
         );
     }
     scalar(
-        &mut o,
+        o,
         "lbd_connections_active",
         "gauge",
         "Client connections open now.",
         sum(w, |m| m.connections_active.get()),
     );
     scalar(
-        &mut o,
+        o,
         "lbd_connections_parked",
         "gauge",
         "Idle keep-alive client connections parked without a task (included in lbd_connections_active).",
         sum(w, |m| m.connections_parked.get()),
     );
     scalar(
-        &mut o,
+        o,
         "lbd_connections_total",
         "counter",
         "Client connections accepted.",
         sum(w, |m| m.connections_total.get()),
     );
+    let _ = writeln!(
+        o,
+        "# HELP lbd_proxy_protocol_rejected_total Client connections refused by the PROXY protocol reader, by reason."
+    );
+    let _ = writeln!(o, "# TYPE lbd_proxy_protocol_rejected_total counter");
+    for r in crate::downstream::proxy_protocol::Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "lbd_proxy_protocol_rejected_total{{reason=\"{}\"}} {}",
+            r.label(),
+            sum(w, |m| m.proxy_protocol_rejected[r.index()].get())
+        );
+    }
+}
 
+/// Upgraded connections.
+fn tunnel_families(o: &mut String, w: &[std::sync::Arc<WorkerMetrics>]) {
     scalar(
-        &mut o,
+        o,
         "lbd_tunnels_active",
         "gauge",
         "Upgraded connections (WebSocket tunnels) open now.",
         sum(w, |m| m.tunnels_active.get()),
     );
     scalar(
-        &mut o,
+        o,
         "lbd_tunnels_total",
         "counter",
         "Upgraded connections (WebSocket tunnels) opened.",
@@ -430,20 +454,11 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
     ] {
         let _ = writeln!(o, "lbd_tunnel_bytes_total{{direction=\"{dir}\"}} {v}");
     }
-    let _ = writeln!(
-        o,
-        "# HELP lbd_proxy_protocol_rejected_total Client connections refused by the PROXY protocol reader, by reason."
-    );
-    let _ = writeln!(o, "# TYPE lbd_proxy_protocol_rejected_total counter");
-    for r in crate::downstream::proxy_protocol::Refusal::ALL {
-        let _ = writeln!(
-            o,
-            "lbd_proxy_protocol_rejected_total{{reason=\"{}\"}} {}",
-            r.label(),
-            sum(w, |m| m.proxy_protocol_rejected[r.index()].get())
-        );
-    }
+}
 
+/// Per-backend counters and health.
+fn backend_families(o: &mut String, s: &Scrape<'_>) {
+    let w = s.workers;
     let families: [Family; 5] = [
         (
             "lbd_upstream_requests_total",
@@ -518,7 +533,10 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
             s.health.check_failures(id)
         );
     }
-    let h = s.latency;
+}
+
+/// The latency summary from the merged cumulative histograms.
+fn latency_family(o: &mut String, h: &Histogram<u64>) {
     let _ = writeln!(
         o,
         "# HELP lbd_request_duration_seconds Request latency, head read to last response byte written."
@@ -543,7 +561,6 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
     };
     let _ = writeln!(o, "lbd_request_duration_seconds_sum {}", total_us / 1e6);
     let _ = writeln!(o, "lbd_request_duration_seconds_count {}", h.len());
-    o
 }
 
 fn escape(s: &str) -> String {

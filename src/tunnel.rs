@@ -64,13 +64,21 @@ pub(crate) async fn relay(
         carried.upstream += len as u64;
     }
     let (mut from_client, mut from_upstream) = (true, true);
+    // One timer for the tunnel's life, pushed back only when it fires early
+    // (a timer per message would cost more than the message).
+    let mut last = Instant::now();
+    let mut idle = std::pin::pin!(monoio::time::sleep_until(last + limits.idle));
     while from_client || from_upstream {
         let woke = monoio::select! {
             r = client.readable(), if from_client => Woke::Client(r),
             r = upstream.readable(), if from_upstream => Woke::Upstream(r),
-            _ = monoio::time::sleep(limits.idle) => Woke::Idle,
+            _ = &mut idle => Woke::Idle,
         };
+        if !matches!(woke, Woke::Idle) {
+            last = Instant::now();
+        }
         match woke {
+            Woke::Idle if last.elapsed() < limits.idle => idle.as_mut().reset(last + limits.idle),
             Woke::Idle | Woke::Client(Err(_)) | Woke::Upstream(Err(_)) => break,
             Woke::Client(Ok(())) => match copy(client, upstream, &mut from_client, limits).await {
                 Ok(n) => carried.upstream += n,

@@ -217,7 +217,7 @@ fn early_answer_from_a_tls_upstream_to_a_large_upload() {
     let (cert, key) = ca.leaf("origin.test");
     let (port, answered) = early_tls_origin(server_config(&cert, &key));
     let lbd = secure(&[port], "origin.test", &ca.ca_file()).start();
-    let body = vec![5u8; 32 << 20];
+    let body = vec![5u8; 64 << 20];
     for (i, chunked) in [false, true].into_iter().enumerate() {
         let s = TcpStream::connect(("127.0.0.1", lbd.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
