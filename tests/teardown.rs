@@ -152,14 +152,9 @@ impl EarlyOrigin {
                 let Ok(mut s) = conn else { continue };
                 count.fetch_add(1, Ordering::SeqCst);
                 thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut b) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&b[..n]),
-                        }
-                    }
+                    let Some(_head) = support::read_until_head(&mut s) else {
+                        return;
+                    };
                     let _ = s.write_all(
                         b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\r\ntoo large",
                     );

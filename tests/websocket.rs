@@ -198,14 +198,10 @@ fn raw_switching_backend() -> u16 {
     thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             thread::spawn(move || {
-                let mut head = Vec::new();
+                let Some(head) = support::read_until_head(&mut s) else {
+                    return;
+                };
                 let mut b = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&b[..n]),
-                    }
-                }
                 let text = String::from_utf8_lossy(&head).to_lowercase();
                 assert!(
                     text.contains("connection: upgrade") && text.contains("upgrade: websocket")

@@ -1539,3 +1539,18 @@ fn run_script(
         }
     }
 }
+
+/// Reads from `s` until a whole request head (CRLF CRLF) arrived; returns
+/// every byte read so far (the head and whatever followed it), or `None`
+/// if the peer closed first.
+pub fn read_until_head<R: Read>(s: &mut R) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    Some(head)
+}
