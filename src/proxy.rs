@@ -329,8 +329,14 @@ async fn read_response_head<'s, D: Downstream>(
                     continue;
                 }
                 Ok(Parsed::Complete((mut h, client))) => {
-                    let latency = sent.sent_at.map_or(Duration::ZERO, |t| t.elapsed());
-                    sent.up.lease.responded(h.status, latency);
+                    // One clock read, and only where balancing learns from it.
+                    if let Some(t) = sent.sent_at {
+                        let at = std::time::Instant::now();
+                        sent.up.lease.responded(h.status, at - t, at);
+                    } else {
+                        let at = shard.coarse_now();
+                        sent.up.lease.responded(h.status, Duration::ZERO, at);
+                    }
                     buffer::give(sent.obuf);
                     ub.consume(h.head_len);
                     // The backend never got the whole request: its

@@ -65,9 +65,13 @@ impl<'u> Lease<'u> {
         }
     }
 
-    /// The backend answered with `status` after `latency`.
-    pub(crate) fn responded(&mut self, status: u16, latency: Duration) {
-        self.outcome = Outcome::Response { status, latency };
+    /// The backend answered with `status` after `latency`, at `at`.
+    pub(crate) fn responded(&mut self, status: u16, latency: Duration, at: Instant) {
+        self.outcome = Outcome::Response {
+            status,
+            latency,
+            at,
+        };
     }
 }
 

@@ -200,6 +200,8 @@ pub(crate) enum Outcome {
         status: u16,
         /// Request written to response head parsed.
         latency: Duration,
+        /// When the head was parsed (the sample's time).
+        at: Instant,
     },
     /// The backend failed (or the exchange was cut).
     Failed,
@@ -458,12 +460,16 @@ impl Upstreams {
         if !learns {
             return;
         }
-        let now_us = self.health.micros(Instant::now());
         match outcome {
-            Outcome::Response { status, latency } if status < 500 => {
-                b.ewma.observe(now_us, latency.as_micros() as u64)
-            }
-            _ => b.ewma.penalize(now_us),
+            Outcome::Response {
+                status,
+                latency,
+                at,
+            } if status < 500 => b
+                .ewma
+                .observe(self.health.micros(at), latency.as_micros() as u64),
+            Outcome::Response { at, .. } => b.ewma.penalize(self.health.micros(at)),
+            Outcome::Failed => b.ewma.penalize(self.health.micros(Instant::now())),
         }
     }
 
