@@ -328,7 +328,7 @@ impl Upstreams {
         } else {
             0
         };
-        let member = |i: usize| {
+        let member = |i: usize, want_cost: bool| {
             let id = members[i];
             let b = &backends[id.index()];
             let weight = (panic || up(id)).then(|| {
@@ -344,7 +344,7 @@ impl Upstreams {
                 }
             });
             let cost = match weight {
-                Some(w) if uses_latency => b.ewma.cost(now_us, b.inflight, w),
+                Some(w) if want_cost && uses_latency => b.ewma.cost(now_us, b.inflight, w),
                 _ => 0,
             };
             select::Member {
@@ -355,7 +355,7 @@ impl Upstreams {
         };
         if let Some(s) = aff.sticky {
             if let Some(i) = members.iter().position(|&m| m == s) {
-                if member(i).weight.is_some() {
+                if member(i, false).weight.is_some() {
                     return Some(s);
                 }
             }

@@ -42,7 +42,8 @@ pub(crate) struct Member {
     pub(crate) weight: Option<u32>,
     /// Requests in flight to it on this worker.
     pub(crate) inflight: u32,
-    /// Its PeakEWMA cost (p2c only).
+    /// Its PeakEWMA cost (p2c only, and only when asked for: see
+    /// [`Selector::pick`]).
     pub(crate) cost: u64,
 }
 
@@ -93,21 +94,26 @@ impl Selector {
         matches!(self.kind, Kind::P2c)
     }
 
-    /// Picks a member among `n`; `member(i)` describes member `i`; `hash`
-    /// is the request's key hash (`balance: hash`).
+    /// Picks a member among `n`; `member(i, cost)` describes member `i`
+    /// (with its cost only when `cost`: computing it is the expensive part);
+    /// `hash` is the request's key hash (`balance: hash`).
     pub(crate) fn pick(
         &mut self,
         n: usize,
-        member: impl Fn(usize) -> Member,
+        member: impl Fn(usize, bool) -> Member,
         hash: Option<u32>,
     ) -> Option<usize> {
+        let full = &member;
+        let member = |i| full(i, false);
+        let member_cost = |i| full(i, true).cost;
         let weight = |i| member(i).weight;
         match &mut self.kind {
             Kind::RoundRobin => self.rr.next_weighted(weight),
             Kind::LeastConn(lc) => lc.pick(n, weight, |i| member(i).inflight),
-            Kind::P2c => self
-                .rng
-                .pick(n, |i| member(i).weight.is_some(), |i| member(i).cost),
+            Kind::P2c => {
+                let eligible = |i| member(i).weight.is_some();
+                self.rng.pick(n, eligible, member_cost)
+            }
             Kind::Random => weighted_random(&mut self.rng, n, weight),
             Kind::Hash { ring, factor } => {
                 let picked = hash.and_then(|h| {
@@ -154,8 +160,8 @@ fn weighted_random(
 mod tests {
     use super::*;
 
-    fn members(ws: &[Option<u32>]) -> impl Fn(usize) -> Member + '_ {
-        move |i| Member {
+    fn members(ws: &[Option<u32>]) -> impl Fn(usize, bool) -> Member + '_ {
+        move |i, _| Member {
             weight: ws[i],
             inflight: 0,
             cost: 0,
