@@ -13,6 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::health::AdminState;
 use crate::metrics::{self, Reply, WorkerMetrics};
 use crate::shard::Shared;
 
@@ -41,6 +42,7 @@ pub fn spawn(
     shared: Arc<Shared>,
     workers: Vec<Arc<WorkerMetrics>>,
     scrapes: Receiver<Reply>,
+    token: Option<String>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lbd-admin".into())
@@ -50,7 +52,7 @@ pub fn spawn(
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                if let Err(e) = handle(conn, &shared, &workers, &scrapes) {
+                if let Err(e) = handle(conn, &shared, &workers, &scrapes, token.as_deref()) {
                     log::debug!("admin: {e}");
                 }
             }
@@ -63,6 +65,7 @@ fn handle(
     shared: &Shared,
     workers: &[Arc<WorkerMetrics>],
     scrapes: &Receiver<Reply>,
+    token: Option<&str>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -85,6 +88,11 @@ fn handle(
     let method = parts.next().unwrap_or(&[]);
     let path = parts.next().unwrap_or(&[]);
     let path = path.split(|&b| b == b'?').next().unwrap_or(&[]);
+    if path.starts_with(b"/upstreams/") && method != b"GET" {
+        let head = &buf[..len];
+        let (status, body) = write_request(shared, method, path, head, token);
+        return respond(&mut conn, status, "application/json", &body);
+    }
     if method != b"GET" && method != b"HEAD" {
         return respond(&mut conn, 405, "text/plain", "method not allowed\n");
     }
@@ -163,11 +171,12 @@ fn upstreams_json(shared: &Shared, workers: &[Arc<WorkerMetrics>]) -> String {
             let _ = write!(
                 o,
                 "{{\"id\":{i},\"address\":{},\"name\":{},\"weight\":{},\"source\":\"static\",\
-                 \"health\":\"{}\",\"state\":\"active\",\"inflight\":{},\"requests\":{}}}",
+                 \"health\":\"{}\",\"state\":\"{}\",\"inflight\":{},\"requests\":{}}}",
                 json_str(&b.address.to_string()),
                 json_str(&b.name),
                 b.weight,
                 if shared.health.is_up(i) { "up" } else { "down" },
+                shared.health.admin_state(i).name(),
                 sum(|c| c.inflight.get()),
                 sum(|c| c.requests.get()),
             );
@@ -195,4 +204,118 @@ fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+/// A JSON error naming the field at fault.
+fn error_json(status: u16, field: &str, message: &str) -> (u16, String) {
+    (
+        status,
+        format!(
+            "{{\"error\":{},\"field\":{}}}\n",
+            json_str(message),
+            json_str(field)
+        ),
+    )
+}
+
+/// The value of header `name` in a raw request head.
+fn header<'h>(head: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|l| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let colon = l.iter().position(|&b| b == b':')?;
+        l[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| crate::http::trim_ows(&l[colon + 1..]))
+    })
+}
+
+/// Percent-decodes a path segment (`127.0.0.1%3A8081` is `127.0.0.1:8081`).
+fn percent_decode(s: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The write API: `POST /upstreams/{group}/backends/{address}/drain|disable|enable`.
+/// Adding and removing backends at run time (`POST /upstreams/{group}/backends`,
+/// `DELETE …/{address}`) needs the run-time registry and answers 501.
+fn write_request(
+    shared: &Shared,
+    method: &[u8],
+    path: &[u8],
+    head: &[u8],
+    token: Option<&str>,
+) -> (u16, String) {
+    if let Some(t) = token {
+        let want = format!("Bearer {t}");
+        if header(head, "authorization") != Some(want.as_bytes()) {
+            return error_json(
+                401,
+                "Authorization",
+                "a valid `Authorization: Bearer <token>` is required",
+            );
+        }
+    }
+    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').skip(2).collect();
+    let (group, address, action) = match (method, parts.as_slice()) {
+        (b"POST", [g, b"backends", a, action]) => (*g, *a, *action),
+        (b"POST", [_, b"backends"]) | (b"DELETE", [_, b"backends", _]) => {
+            return error_json(
+                501,
+                "path",
+                "adding and removing backends at run time is not available yet",
+            );
+        }
+        (b"POST" | b"DELETE", _) => return error_json(404, "path", "no such endpoint"),
+        _ => return error_json(405, "method", "use POST"),
+    };
+    let state = match action {
+        b"drain" => AdminState::Draining,
+        b"disable" => AdminState::Disabled,
+        b"enable" => AdminState::Active,
+        _ => return error_json(404, "action", "must be drain, disable or enable"),
+    };
+    let reg = &shared.registry;
+    let Some(name) = percent_decode(group) else {
+        return error_json(400, "group", "not valid percent-encoded UTF-8");
+    };
+    let Some(g) = reg.groups().iter().find(|g| g.name == name) else {
+        return error_json(404, "group", &format!("no upstream group `{name}`"));
+    };
+    let Some(addr) = percent_decode(address) else {
+        return error_json(400, "address", "not valid percent-encoded UTF-8");
+    };
+    let parsed: Option<SocketAddr> = addr.parse().ok();
+    let found = g.members.iter().copied().find(|&id| {
+        let b = reg.backend(id);
+        b.name == addr || Some(b.address) == parsed
+    });
+    let Some(id) = found else {
+        if parsed.is_none() {
+            return error_json(400, "address", &format!("`{addr}` is not IP:port"));
+        }
+        return error_json(404, "address", &format!("no backend {addr} in `{name}`"));
+    };
+    shared.health.set_admin_state(id.index(), state);
+    log::info!("admin: {addr} in {name} is now {}", state.name());
+    (
+        200,
+        format!(
+            "{{\"group\":{},\"address\":{},\"id\":{},\"state\":\"{}\"}}\n",
+            json_str(&name),
+            json_str(&addr),
+            id.index(),
+            state.name()
+        ),
+    )
 }

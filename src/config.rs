@@ -279,16 +279,48 @@ impl RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    /// `IP:port` for `GET /metrics` and `GET /health`.
+    /// `IP:port` for `GET /metrics`, `GET /health` and the upstreams API.
     address: String,
+    /// A file holding the bearer token write requests must carry
+    /// (`Authorization: Bearer <token>`). Required when `address` is not
+    /// loopback. Default: none (writes allowed from the loopback address).
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 impl RawAdmin {
-    /// `admin.address`: `IP:port`.
-    fn validate(&self) -> Result<SocketAddr, ConfigError> {
-        self.address
+    /// `admin.address`: `IP:port`; `admin.token_file`: a readable file with
+    /// a non-empty token, required off loopback.
+    fn validate(&self) -> Result<(SocketAddr, Option<String>), ConfigError> {
+        let addr: SocketAddr = self
+            .address
             .parse()
-            .map_err(|_| invalid("admin.address", &self.address, "expected IP:port"))
+            .map_err(|_| invalid("admin.address", &self.address, "expected IP:port"))?;
+        let token = match &self.token_file {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    invalid("admin.token_file", p.display(), format!("cannot read: {e}"))
+                })?;
+                let t = text.trim().to_string();
+                if t.is_empty() || t.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(invalid(
+                        "admin.token_file",
+                        p.display(),
+                        "must hold one token of visible characters",
+                    ));
+                }
+                Some(t)
+            }
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "admin.address",
+                &self.address,
+                "not a loopback address: set `admin.token_file` so the write API needs a token",
+            ));
+        }
+        Ok((addr, token))
     }
 }
 
@@ -1123,6 +1155,8 @@ pub struct Config {
     pub histogram_file: Option<PathBuf>,
     /// `admin.address`.
     pub admin: Option<SocketAddr>,
+    /// `admin.token_file`'s token: write requests must carry it.
+    pub admin_token: Option<String>,
     /// `access_log`: path and format.
     pub access_log: Option<(PathBuf, crate::access_log::Format)>,
     /// Warnings produced while loading (logged once logging is up).
@@ -1480,6 +1514,10 @@ fn validate(raw: RawConfig, threads_override: Option<usize>) -> Result<Config, C
     let access_log = raw.access_log.as_ref().map(RawAccessLog::validate);
     let access_log = access_log.transpose()?;
     let admin = raw.admin.as_ref().map(RawAdmin::validate).transpose()?;
+    let (admin, admin_token) = match admin {
+        Some((a, t)) => (Some(a), t),
+        None => (None, None),
+    };
     Ok(Config {
         threads,
         pid_file: raw.pid_file,
@@ -1500,6 +1538,7 @@ fn validate(raw: RawConfig, threads_override: Option<usize>) -> Result<Config, C
         limits,
         histogram_file: raw.histogram_file,
         admin,
+        admin_token,
         access_log,
         warnings,
     })

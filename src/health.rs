@@ -37,7 +37,32 @@ pub struct HealthMap {
     /// since `epoch` plus one (0: up since start, no ramp). Slow start is a
     /// function of this and the time alone, so every worker agrees.
     up_since: Vec<AtomicU64>,
+    /// Per backend: the admin API's state ([`AdminState`]), written by the
+    /// admin thread only.
+    admin: Vec<std::sync::atomic::AtomicU8>,
     epoch: Instant,
+}
+
+/// A backend's state as the admin API set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminState {
+    /// Gets requests (when healthy).
+    Active,
+    /// No new requests; in-flight and keep-alive exchanges finish.
+    Draining,
+    /// No new requests, and its idle pooled connections are not used.
+    Disabled,
+}
+
+impl AdminState {
+    /// The name the API and `GET /upstreams` use.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
 }
 
 impl HealthMap {
@@ -51,7 +76,32 @@ impl HealthMap {
             generations: counters(),
             failures: counters(),
             up_since: counters(),
+            admin: (0..n)
+                .map(|_| std::sync::atomic::AtomicU8::new(0))
+                .collect(),
             epoch: Instant::now(),
+        }
+    }
+
+    /// Backend `id`'s admin state. One relaxed load.
+    #[inline]
+    pub(crate) fn admin_state(&self, id: usize) -> AdminState {
+        match self.admin.get(id).map(|a| a.load(Ordering::Relaxed)) {
+            Some(0) => AdminState::Active,
+            Some(1) => AdminState::Draining,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    /// Sets backend `id`'s admin state (admin thread only).
+    pub(crate) fn set_admin_state(&self, id: usize, s: AdminState) {
+        if let Some(a) = self.admin.get(id) {
+            let v = match s {
+                AdminState::Active => 0,
+                AdminState::Draining => 1,
+                AdminState::Disabled => 2,
+            };
+            a.store(v, Ordering::Relaxed);
         }
     }
 

@@ -279,8 +279,14 @@ fn start(
         .map_err(io_err("cannot start worker threads"))?;
     if let Some(l) = admin_listener {
         let addr = l.local_addr().map_err(io_err("admin address"))?;
-        admin::spawn(l, shared.clone(), worker_metrics, scrape_rx)
-            .map_err(io_err("cannot start the admin thread"))?;
+        admin::spawn(
+            l,
+            shared.clone(),
+            worker_metrics,
+            scrape_rx,
+            config.admin_token.clone(),
+        )
+        .map_err(io_err("cannot start the admin thread"))?;
         log::info!("admin endpoint on http://{addr}/metrics");
     }
     if let Some(p) = &config.pid_file {

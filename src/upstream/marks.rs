@@ -56,7 +56,7 @@ impl PassiveMarks {
     /// Only reads the clock when a mark exists.
     pub(crate) fn eligible(&self, id: BackendId, map: &HealthMap) -> bool {
         let i = id.index();
-        if !map.is_up(i) {
+        if !map.is_up(i) || map.admin_state(i) != crate::health::AdminState::Active {
             return false;
         }
         let Some(slot) = self.marks.get(i) else {

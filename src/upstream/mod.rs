@@ -331,7 +331,8 @@ impl Upstreams {
         let member = |i: usize, want_cost: bool| {
             let id = members[i];
             let b = &backends[id.index()];
-            let weight = (panic || up(id)).then(|| {
+            let admitted = health.admin_state(id.index()) == crate::health::AdminState::Active;
+            let weight = (admitted && (panic || up(id))).then(|| {
                 let w = registry.backend(id).weight;
                 match ramp {
                     Some(window) => select::slow_start::ramped_weight(
@@ -518,6 +519,10 @@ impl Upstreams {
         tag: Option<pool::Tag>,
         now: Instant,
     ) -> Option<Stream> {
+        // A backend the admin API disabled gets nothing, pooled or not.
+        if self.health.admin_state(id.index()) == crate::health::AdminState::Disabled {
+            return None;
+        }
         self.pool.checkout(id, tag, now)
     }
 
