@@ -108,13 +108,6 @@ pub struct ProxyError {
     pub retry: Retry,
 }
 
-impl Side {
-    /// Pairs `r` with this side (to tell apart which of two waits woke).
-    pub fn then_io<T>(self, r: std::io::Result<T>) -> (Side, std::io::Result<T>) {
-        (self, r)
-    }
-}
-
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let side = match self.side {

@@ -111,25 +111,9 @@ fn curl_upload_rejected_at_once_sees_the_status() {
     let file = dir.join("upload.bin");
     std::fs::write(&file, vec![7u8; 64 << 20]).unwrap();
     for _ in 0..5 {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "Expect:",
-            ])
-            .arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .arg(format!("http://127.0.0.1:{}/upload", lbd.port))
-            .output()
-            .expect("run curl");
-        let code = String::from_utf8_lossy(&out.stdout);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(code, "503", "curl exit {:?}: {err}", out.status.code());
-        assert!(out.status.success(), "curl failed (reset?): {err}");
+        let (code, _, err, ok) = curl_upload(lbd.port, &file, false);
+        assert_eq!(code, "503", "{err}");
+        assert!(ok, "curl failed (reset?): {err}");
     }
 }
 
@@ -167,7 +151,12 @@ impl EarlyOrigin {
     }
 }
 
-fn curl_upload(port: u16, file: &std::path::Path, chunked: bool) -> (String, Duration, String) {
+/// curl uploads `file`: (status code, time taken, stderr, exit success).
+fn curl_upload(
+    port: u16,
+    file: &std::path::Path,
+    chunked: bool,
+) -> (String, Duration, String, bool) {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -190,6 +179,7 @@ fn curl_upload(port: u16, file: &std::path::Path, chunked: bool) -> (String, Dur
         String::from_utf8_lossy(&out.stdout).into_owned(),
         t.elapsed(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
     )
 }
 
@@ -202,7 +192,7 @@ fn early_answer_to_a_64_mib_upload_reaches_the_client_at_once() {
     let file = dir.join("upload.bin");
     std::fs::write(&file, vec![9u8; 64 << 20]).unwrap();
     for (i, chunked) in [false, true, false].into_iter().enumerate() {
-        let (code, took, err) = curl_upload(lbd.port, &file, chunked);
+        let (code, took, err, _) = curl_upload(lbd.port, &file, chunked);
         assert_eq!(code, "413", "chunked={chunked}: {err}");
         assert!(
             took < Duration::from_secs(3),

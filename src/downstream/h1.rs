@@ -724,8 +724,8 @@ impl H1Exchange<'_> {
     ) -> Result<bool, ProxyError> {
         loop {
             let woke = monoio::select! {
-                r = self.client.readable() => Side::Downstream.then_io(r),
-                r = w.readable() => Side::Upstream.then_io(r),
+                r = self.client.readable() => (Side::Downstream, r),
+                r = w.readable() => (Side::Upstream, r),
                 _ = monoio::time::sleep_until(deadline) => {
                     return Err(ProxyError::downstream(ErrorKind::ClientTimeout))
                 }

@@ -60,6 +60,13 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// The protocol name of the first element of an `Upgrade` list, without a
+/// version (`websocket/13` is `websocket`).
+fn upgrade_name(value: &[u8]) -> &[u8] {
+    let first = list_elements(value).next().unwrap_or_default();
+    first.split(|&b| b == b'/').next().unwrap_or(first)
+}
+
 /// True if `name` is listed in any `Connection` header of `headers`.
 fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
     headers

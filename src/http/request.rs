@@ -106,15 +106,10 @@ impl RequestView<'_> {
     /// The first protocol of the `Upgrade` list, if an upgrade was asked
     /// (`websocket`, `h2c`...): lower-case compared by callers.
     pub fn upgrade_protocol(&self) -> Option<&[u8]> {
-        let first = self.upgrade?.split(|&b| b == b',').next()?;
-        let proto = super::trim_ows(first);
-        // `websocket/13`: the name before a version.
-        let name = proto.split(|&b| b == b'/').next().unwrap_or(proto);
+        let name = super::upgrade_name(self.upgrade?);
         (!name.is_empty()).then_some(name)
     }
-}
 
-impl RequestView<'_> {
     /// The host the request names: the absolute-form authority, else Host.
     pub fn target_host(&self) -> Option<&[u8]> {
         self.authority.or(self.host)

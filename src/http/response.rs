@@ -161,9 +161,7 @@ fn switches_to(asked: Option<&[u8]>, answered: Option<&[u8]>) -> bool {
     let (Some(asked), Some(answered)) = (asked, answered) else {
         return false;
     };
-    let first = super::trim_ows(answered.split(|&b| b == b',').next().unwrap_or(answered));
-    let name = first.split(|&b| b == b'/').next().unwrap_or(first);
-    name.eq_ignore_ascii_case(asked)
+    super::upgrade_name(answered).eq_ignore_ascii_case(asked)
 }
 
 fn scan_headers<'a>(
