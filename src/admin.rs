@@ -1,4 +1,5 @@
-//! The admin endpoint: `GET /metrics` (Prometheus text) and `GET /health`.
+//! The admin endpoint: `GET /metrics` (Prometheus text), `GET /health`, and
+//! the upstreams API (`GET /upstreams`, adding, removing, draining backends).
 //!
 //! A small thread of its own with blocking sockets, one connection at a time
 //! with short timeouts: it never runs on a worker and never slows the data
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::AdminState;
+use crate::membership::{Membership, MembershipError};
 use crate::metrics::{self, Reply, WorkerMetrics};
 use crate::shard::Shared;
 
@@ -36,10 +38,37 @@ pub fn bind(addr: SocketAddr, upgrade: bool) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// What the admin thread serves from.
+pub(crate) struct Ctx<'a> {
+    /// Shutdown flag, health, registry, scrape requests.
+    pub(crate) shared: &'a Shared,
+    /// Where write requests go.
+    pub(crate) membership: &'a Membership,
+    /// Every worker's counters.
+    pub(crate) workers: &'a [Arc<WorkerMetrics>],
+    /// Histogram snapshots coming back from workers.
+    pub(crate) scrapes: &'a Receiver<Reply>,
+    /// `admin.token_file`'s token.
+    pub(crate) token: Option<&'a str>,
+}
+
+/// One admin request.
+struct Request<'a> {
+    method: &'a [u8],
+    /// Without the query.
+    path: &'a [u8],
+    head: &'a [u8],
+    body: &'a [u8],
+}
+
+/// Most bytes of a request body (`POST …/backends`).
+const MAX_BODY: usize = 64 * 1024;
+
 /// Serves the admin endpoint forever on its own thread.
-pub fn spawn(
+pub(crate) fn spawn(
     listener: TcpListener,
     shared: Arc<Shared>,
+    membership: Arc<Membership>,
     workers: Vec<Arc<WorkerMetrics>>,
     scrapes: Receiver<Reply>,
     token: Option<String>,
@@ -47,12 +76,19 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("lbd-admin".into())
         .spawn(move || {
+            let ctx = Ctx {
+                shared: &shared,
+                membership: &membership,
+                workers: &workers,
+                scrapes: &scrapes,
+                token: token.as_deref(),
+            };
             for conn in listener.incoming() {
                 let Ok(conn) = conn else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                if let Err(e) = handle(conn, &shared, &workers, &scrapes, token.as_deref()) {
+                if let Err(e) = handle(conn, &ctx) {
                     log::debug!("admin: {e}");
                 }
             }
@@ -60,20 +96,18 @@ pub fn spawn(
     Ok(())
 }
 
-fn handle(
-    mut conn: TcpStream,
-    shared: &Shared,
-    workers: &[Arc<WorkerMetrics>],
-    scrapes: &Receiver<Reply>,
-    token: Option<&str>,
-) -> std::io::Result<()> {
+fn handle(mut conn: TcpStream, ctx: &Ctx<'_>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
     let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-        && !buf[..len].windows(2).any(|w| w == b"\n\n")
-    {
+    let head_end = loop {
+        if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if let Some(i) = buf[..len].windows(2).position(|w| w == b"\n\n") {
+            break i + 2;
+        }
         if len == buf.len() {
             return respond(&mut conn, 431, "text/plain", "request head too large\n");
         }
@@ -82,61 +116,87 @@ fn handle(
             return Ok(());
         }
         len += n;
+    };
+    let Some(body_len) = content_length(&buf[..head_end]) else {
+        let (s, b) = error_json(400, "Content-Length", "not a number");
+        return respond(&mut conn, s, "application/json", &b);
+    };
+    if body_len > MAX_BODY {
+        let (s, b) = error_json(413, "body", "larger than 64 KiB");
+        return respond(&mut conn, s, "application/json", &b);
     }
-    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
+    buf.resize(head_end + body_len.max(len - head_end), 0);
+    while len < head_end + body_len {
+        let n = conn.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let head = &buf[..head_end];
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let mut parts = line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or(&[]);
     let path = parts.next().unwrap_or(&[]);
     let path = path.split(|&b| b == b'?').next().unwrap_or(&[]);
-    if path.starts_with(b"/upstreams/") && method != b"GET" {
-        let head = &buf[..len];
-        let (status, body) = write_request(shared, method, path, head, token);
-        return respond(&mut conn, status, "application/json", &body);
+    let req = Request {
+        method,
+        path,
+        head,
+        body: &buf[head_end..head_end + body_len],
+    };
+    route(&mut conn, ctx, &req)
+}
+
+/// The `Content-Length` of a head (0 without one); `None` if unreadable.
+fn content_length(head: &[u8]) -> Option<usize> {
+    match header(head, "content-length") {
+        None => Some(0),
+        Some(v) => std::str::from_utf8(v).ok()?.parse().ok(),
     }
-    if method != b"GET" && method != b"HEAD" {
-        return respond(&mut conn, 405, "text/plain", "method not allowed\n");
+}
+
+fn route(conn: &mut TcpStream, ctx: &Ctx<'_>, req: &Request<'_>) -> std::io::Result<()> {
+    let shared = ctx.shared;
+    if req.path.starts_with(b"/upstreams/") && req.method != b"GET" {
+        let (status, body) = write_request(ctx, req);
+        return respond(conn, status, "application/json", &body);
     }
-    match path {
+    if req.method != b"GET" && req.method != b"HEAD" {
+        return respond(conn, 405, "text/plain", "method not allowed\n");
+    }
+    match req.path {
         b"/upstreams" => respond(
-            &mut conn,
+            conn,
             200,
             "application/json",
-            &upstreams_json(shared, workers),
+            &upstreams_json(shared, ctx.workers),
         ),
         b"/metrics" => {
             let epoch = shared.requests.scrape.fetch_add(1, Ordering::AcqRel) + 1;
-            let live = workers.len();
-            let (latency, _) = metrics::collect(scrapes, epoch, live, Duration::from_secs(1));
-            let labels: Vec<metrics::BackendLabels<'_>> = shared
-                .registry
-                .backends()
-                .iter()
-                .map(|b| {
-                    let group = &shared.registry.groups()[b.group].name;
-                    (b.id.index(), group.as_str(), b.name.as_str())
-                })
+            let live = ctx.workers.len();
+            let (latency, _) = metrics::collect(ctx.scrapes, epoch, live, Duration::from_secs(1));
+            let reg = shared.registry.load();
+            let labels: Vec<metrics::BackendLabels<'_>> = reg
+                .members()
+                .map(|(g, b)| (b.id.index(), g.name.as_str(), b.name.as_str()))
                 .collect();
             let body = metrics::prometheus(&metrics::Scrape {
                 backends: &labels,
-                workers,
+                workers: ctx.workers,
                 health: &shared.health,
                 latency: &latency,
             });
-            respond(
-                &mut conn,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
+            respond(conn, 200, "text/plain; version=0.0.4; charset=utf-8", &body)
         }
         b"/health" => {
             if shared.shutdown.load(Ordering::Relaxed) {
-                respond(&mut conn, 503, "text/plain", "draining\n")
+                respond(conn, 503, "text/plain", "draining\n")
             } else {
-                respond(&mut conn, 200, "text/plain", "ok\n")
+                respond(conn, 200, "text/plain", "ok\n")
             }
         }
-        _ => respond(&mut conn, 404, "text/plain", "not found\n"),
+        _ => respond(conn, 404, "text/plain", "not found\n"),
     }
 }
 
@@ -152,7 +212,7 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::i
 /// (summed over workers).
 fn upstreams_json(shared: &Shared, workers: &[Arc<WorkerMetrics>]) -> String {
     use std::fmt::Write as _;
-    let reg = &shared.registry;
+    let reg = shared.registry.load();
     let mut o = String::from("{\"upstreams\":[");
     for (gi, g) in reg.groups().iter().enumerate() {
         if gi > 0 {
@@ -170,11 +230,12 @@ fn upstreams_json(shared: &Shared, workers: &[Arc<WorkerMetrics>]) -> String {
             }
             let _ = write!(
                 o,
-                "{{\"id\":{i},\"address\":{},\"name\":{},\"weight\":{},\"source\":\"static\",\
+                "{{\"id\":{i},\"address\":{},\"name\":{},\"weight\":{},\"source\":\"{}\",\
                  \"health\":\"{}\",\"state\":\"{}\",\"inflight\":{},\"requests\":{}}}",
                 json_str(&b.address.to_string()),
                 json_str(&b.name),
                 b.weight,
+                b.source.name(),
                 if shared.health.is_up(i) { "up" } else { "down" },
                 shared.health.admin_state(i).name(),
                 sum(|c| c.inflight.get()),
@@ -246,19 +307,13 @@ fn percent_decode(s: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The write API: `POST /upstreams/{group}/backends/{address}/drain|disable|enable`.
-/// Adding and removing backends at run time (`POST /upstreams/{group}/backends`,
-/// `DELETE …/{address}`) needs the run-time registry and answers 501.
-fn write_request(
-    shared: &Shared,
-    method: &[u8],
-    path: &[u8],
-    head: &[u8],
-    token: Option<&str>,
-) -> (u16, String) {
-    if let Some(t) = token {
+/// The write API: `POST /upstreams/{group}/backends` (add),
+/// `DELETE /upstreams/{group}/backends/{address}` (remove),
+/// `POST /upstreams/{group}/backends/{address}/drain|disable|enable`.
+fn write_request(ctx: &Ctx<'_>, req: &Request<'_>) -> (u16, String) {
+    if let Some(t) = ctx.token {
         let want = format!("Bearer {t}");
-        if header(head, "authorization") != Some(want.as_bytes()) {
+        if header(req.head, "authorization") != Some(want.as_bytes()) {
             return error_json(
                 401,
                 "Authorization",
@@ -266,56 +321,116 @@ fn write_request(
             );
         }
     }
-    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').skip(2).collect();
-    let (group, address, action) = match (method, parts.as_slice()) {
-        (b"POST", [g, b"backends", a, action]) => (*g, *a, *action),
-        (b"POST", [_, b"backends"]) | (b"DELETE", [_, b"backends", _]) => {
-            return error_json(
-                501,
-                "path",
-                "adding and removing backends at run time is not available yet",
-            );
-        }
+    let parts: Vec<&[u8]> = req.path.split(|&b| b == b'/').skip(2).collect();
+    let (group, address, action) = match (req.method, parts.as_slice()) {
+        (b"POST", [g, b"backends"]) => return add_backend(ctx, g, req.body),
+        (b"POST", [g, b"backends", a, action]) => (*g, *a, Some(*action)),
+        (b"DELETE", [g, b"backends", a]) => (*g, *a, None),
         (b"POST" | b"DELETE", _) => return error_json(404, "path", "no such endpoint"),
-        _ => return error_json(405, "method", "use POST"),
+        _ => return error_json(405, "method", "use POST or DELETE"),
     };
     let state = match action {
-        b"drain" => AdminState::Draining,
-        b"disable" => AdminState::Disabled,
-        b"enable" => AdminState::Active,
-        _ => return error_json(404, "action", "must be drain, disable or enable"),
+        None => None,
+        Some(b"drain") => Some(AdminState::Draining),
+        Some(b"disable") => Some(AdminState::Disabled),
+        Some(b"enable") => Some(AdminState::Active),
+        Some(_) => return error_json(404, "action", "must be drain, disable or enable"),
     };
-    let reg = &shared.registry;
     let Some(name) = percent_decode(group) else {
         return error_json(400, "group", "not valid percent-encoded UTF-8");
-    };
-    let Some(g) = reg.groups().iter().find(|g| g.name == name) else {
-        return error_json(404, "group", &format!("no upstream group `{name}`"));
     };
     let Some(addr) = percent_decode(address) else {
         return error_json(400, "address", "not valid percent-encoded UTF-8");
     };
-    let parsed: Option<SocketAddr> = addr.parse().ok();
-    let found = g.members.iter().copied().find(|&id| {
-        let b = reg.backend(id);
-        b.name == addr || Some(b.address) == parsed
-    });
-    let Some(id) = found else {
-        if parsed.is_none() {
+    let result = match state {
+        Some(s) => ctx.membership.set_state(&name, &addr, s),
+        None => ctx.membership.remove(&name, &addr),
+    };
+    let id = match result {
+        Ok(id) => id,
+        Err(MembershipError::NoBackend { .. }) if addr.parse::<SocketAddr>().is_err() => {
             return error_json(400, "address", &format!("`{addr}` is not IP:port"));
         }
-        return error_json(404, "address", &format!("no backend {addr} in `{name}`"));
+        Err(e) => return error_json(e.status(), e.field(), &e.to_string()),
     };
-    shared.health.set_admin_state(id.index(), state);
-    log::info!("admin: {addr} in {name} is now {}", state.name());
+    let done = match state {
+        Some(s) => format!("\"state\":\"{}\"", s.name()),
+        None => "\"removed\":true".to_owned(),
+    };
+    log::info!("admin: {addr} in {name}: {done}");
     (
         200,
         format!(
-            "{{\"group\":{},\"address\":{},\"id\":{},\"state\":\"{}\"}}\n",
+            "{{\"group\":{},\"address\":{},\"id\":{},{done}}}\n",
             json_str(&name),
             json_str(&addr),
             id.index(),
-            state.name()
         ),
     )
+}
+
+/// `POST /upstreams/{group}/backends` with `{"address": "IP:port", "weight": N}`.
+fn add_backend(ctx: &Ctx<'_>, group: &[u8], body: &[u8]) -> (u16, String) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Add {
+        address: serde_json::Value,
+        #[serde(default)]
+        weight: Option<serde_json::Value>,
+    }
+    let Some(name) = percent_decode(group) else {
+        return error_json(400, "group", "not valid percent-encoded UTF-8");
+    };
+    let add: Add = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(e) => {
+            let field = if e.to_string().contains("missing field `address`") {
+                "address"
+            } else {
+                "body"
+            };
+            return error_json(
+                400,
+                field,
+                &format!("expected {{\"address\": \"IP:port\", \"weight\": N}}: {e}"),
+            );
+        }
+    };
+    let address = match add.address.as_str().map(str::parse::<SocketAddr>) {
+        Some(Ok(a)) if a.port() != 0 => a,
+        _ => {
+            return error_json(
+                400,
+                "address",
+                &format!("{} is not \"IP:port\"", add.address),
+            )
+        }
+    };
+    let weight = match &add.weight {
+        None => 1,
+        Some(w) => match w.as_u64() {
+            Some(n @ 1..=1000) => n as u32,
+            _ => {
+                return error_json(
+                    400,
+                    "weight",
+                    &format!("{w} is not a whole number from 1 to 1000"),
+                )
+            }
+        },
+    };
+    match ctx.membership.add(&name, address, weight) {
+        Ok(id) => {
+            log::info!("admin: {address} added to {name} (weight {weight})");
+            (
+                201,
+                format!(
+                    "{{\"group\":{},\"address\":\"{address}\",\"id\":{},\"weight\":{weight},\"source\":\"api\"}}\n",
+                    json_str(&name),
+                    id.index()
+                ),
+            )
+        }
+        Err(e) => error_json(e.status(), e.field(), &e.to_string()),
+    }
 }

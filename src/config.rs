@@ -22,10 +22,12 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 mod balance;
+mod discovery;
 mod forwarding;
 mod routes;
 
 pub use balance::BalanceConfig;
+pub use discovery::{DiscoveryConfig, DiscoveryName};
 pub use forwarding::{ListenerForwarding, ProxyProtocolConfig, RequestIdConfig};
 pub use routes::{HeaderPair, ListenerRoutes, RouteConfig};
 
@@ -631,6 +633,10 @@ struct RawUpstream {
     /// connection to the group's backends (and its health checks). Default: none.
     #[serde(default)]
     send_proxy_protocol: Option<String>,
+    /// Backends from DNS (A/AAAA or SRV records), besides `backends`.
+    /// Default: none.
+    #[serde(default)]
+    discovery: Option<discovery::RawDiscovery>,
 }
 
 /// `upstreams`: at least one group, each checked in name order (the order
@@ -659,11 +665,16 @@ impl RawUpstream {
         name: &str,
         warnings: &mut Vec<String>,
     ) -> Result<UpstreamConfig, ConfigError> {
-        if self.backends.is_empty() {
+        let discovery = self
+            .discovery
+            .as_ref()
+            .map(|d| d.validate(name))
+            .transpose()?;
+        if self.backends.is_empty() && discovery.is_none() {
             return Err(invalid(
                 format!("upstreams.{name}.backends"),
                 "[]",
-                "at least one backend is required",
+                "at least one backend is required (or a `discovery` block)",
             ));
         }
         let backends = self
@@ -719,6 +730,7 @@ impl RawUpstream {
             upgrade_protocols,
             tunnel_idle_timeout,
             send_proxy_protocol,
+            discovery,
         })
     }
 
@@ -1009,6 +1021,12 @@ struct RawLimits {
     /// Upgraded connections per worker; past it upgrade requests get 503. Default 4096.
     #[serde(default)]
     max_tunnels_per_worker: Option<usize>,
+    /// Backend ids the process can hold: every backend of every group,
+    /// configured, discovered or added through the admin API, over the
+    /// process's life (an address that leaves and comes back keeps its id).
+    /// Default 4096, or the configured count if larger.
+    #[serde(default)]
+    max_backends: Option<usize>,
 }
 
 impl RawLimits {
@@ -1055,6 +1073,12 @@ impl RawLimits {
             1..,
             "must be at least 1",
         )?;
+        let max_backends = in_range(
+            "limits.max_backends",
+            self.max_backends.unwrap_or(d.max_backends),
+            1..=1 << 20,
+            "must be from 1 to 1048576",
+        )?;
         Ok(Limits {
             keepalive_requests,
             max_head_bytes,
@@ -1062,6 +1086,7 @@ impl RawLimits {
             max_connections_per_worker,
             max_chunk_extension_bytes,
             max_tunnels_per_worker,
+            max_backends,
             ..timeouts
         })
     }
@@ -1200,6 +1225,8 @@ pub struct UpstreamConfig {
     /// `send_proxy_protocol`: the PROXY protocol version sent in front of
     /// new connections to its backends.
     pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `discovery`: backends from DNS, if configured.
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// What a health check does.
@@ -1277,6 +1304,8 @@ pub struct Limits {
     pub tunnel_idle_timeout: Duration,
     /// `limits.max_tunnels_per_worker`.
     pub max_tunnels_per_worker: usize,
+    /// `limits.max_backends`.
+    pub max_backends: usize,
 }
 
 /// Hard ceiling on `limits.max_headers`: the parser's header array lives on
@@ -1301,6 +1330,7 @@ impl Default for Limits {
             max_chunk_extension_bytes: crate::http::chunked::MAX_CHUNK_EXT_LEN,
             tunnel_idle_timeout: Duration::from_secs(3600),
             max_tunnels_per_worker: 4096,
+            max_backends: 4096,
         }
     }
 }

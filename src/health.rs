@@ -105,6 +105,17 @@ impl HealthMap {
         }
     }
 
+    /// Backend `id` (re)joins its group: active, `up` or not (a checked
+    /// group's new member waits for its first check), and with `ramp` its
+    /// slow start counts from now.
+    pub(crate) fn join(&self, id: usize, up: bool, ramp: bool) {
+        self.set_admin_state(id, AdminState::Active);
+        self.set(id, up);
+        if up && ramp {
+            self.mark_up_since(id);
+        }
+    }
+
     /// `at` as µs since the map's epoch (the time base of [`Self::up_since_us`]).
     pub(crate) fn micros(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_micros() as u64
@@ -180,13 +191,37 @@ struct Target {
     name: String,
     address: SocketAddr,
     up: bool,
+    /// Joined after start and not checked yet: down until its first
+    /// passing check, which brings it up at once.
+    fresh: bool,
     successes: u32,
     failures: u32,
     next: Instant,
 }
 
+impl Target {
+    fn new((id, name, address): (usize, String, SocketAddr), fresh: bool, next: Instant) -> Self {
+        Target {
+            id,
+            name,
+            address,
+            up: !fresh,
+            fresh,
+            successes: 0,
+            failures: 0,
+            next,
+        }
+    }
+}
+
+/// A group's new member list for the checker: (upstream index, targets as
+/// in [`CheckGroup::targets`]).
+pub(crate) type TargetsUpdate = (usize, Vec<(usize, String, SocketAddr)>);
+
 /// One group's checks, as the registry hands them over.
 pub(crate) struct CheckGroup {
+    /// The group's index among the upstreams.
+    pub(crate) group: usize,
     /// The group's `health_check` block.
     pub(crate) check: HealthCheckConfig,
     /// The group's `send_proxy_protocol`: checks start with an address-less
@@ -199,6 +234,7 @@ pub(crate) struct CheckGroup {
 }
 
 struct GroupChecks {
+    group: usize,
     check: HealthCheckConfig,
     proxy_protocol: Option<Version>,
     tls: CheckTls,
@@ -323,35 +359,55 @@ fn describe(e: &std::io::Error) -> String {
 pub struct Checker {
     map: Arc<HealthMap>,
     groups: Vec<GroupChecks>,
+    /// New member lists from the control plane.
+    updates: std::sync::mpsc::Receiver<TargetsUpdate>,
 }
 
 impl Checker {
     /// A checker for `groups`. `None` if there is nothing to check (no
     /// thread needed).
-    pub fn new(groups: Vec<CheckGroup>, map: Arc<HealthMap>) -> Option<Self> {
+    fn new(
+        groups: Vec<CheckGroup>,
+        map: Arc<HealthMap>,
+        updates: std::sync::mpsc::Receiver<TargetsUpdate>,
+    ) -> Option<Self> {
         let now = Instant::now();
         let groups: Vec<GroupChecks> = groups
             .into_iter()
             .map(|g| GroupChecks {
+                group: g.group,
                 check: g.check,
                 proxy_protocol: g.proxy_protocol,
                 tls: g.tls,
                 targets: g
                     .targets
                     .into_iter()
-                    .map(|(id, name, address)| Target {
-                        id,
-                        name,
-                        address,
-                        up: true,
-                        successes: 0,
-                        failures: 0,
-                        next: now,
-                    })
+                    .map(|t| Target::new(t, false, now))
                     .collect(),
             })
             .collect();
-        (!groups.is_empty()).then_some(Checker { map, groups })
+        (!groups.is_empty()).then_some(Checker {
+            map,
+            groups,
+            updates,
+        })
+    }
+
+    /// Takes a group's new member list: members that stay keep their
+    /// rise/fall state, new ones are checked at once.
+    fn update(&mut self, (group, targets): TargetsUpdate) {
+        let Some(g) = self.groups.iter_mut().find(|g| g.group == group) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut old = std::mem::take(&mut g.targets);
+        g.targets = targets
+            .into_iter()
+            .map(|t| match old.iter().position(|o| o.id == t.0) {
+                Some(i) => old.swap_remove(i),
+                None => Target::new(t, true, now),
+            })
+            .collect();
     }
 
     /// The first round: every backend checked in parallel, its state taken
@@ -453,7 +509,17 @@ impl Checker {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let wait = next.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
-                std::thread::sleep(wait);
+                match self.updates.recv_timeout(wait) {
+                    Ok(u) => self.update(u),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    // The control plane is gone (tests): plain sleeps.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(wait)
+                    }
+                }
+            }
+            while let Ok(u) = self.updates.try_recv() {
+                self.update(u);
             }
         }
     }
@@ -461,7 +527,19 @@ impl Checker {
 
 /// Applies one check result to a backend's rise/fall state.
 fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall: u32) {
+    let fresh = std::mem::take(&mut t.fresh);
     match r {
+        Ok(()) if fresh => {
+            t.up = true;
+            map.bump_generation(t.id);
+            map.mark_up_since(t.id);
+            map.set(t.id, true);
+            log::info!("{} passed its first check: in service", t.name);
+        }
+        Err(reason) if fresh => {
+            map.count_failure(t.id);
+            log::warn!("{} failed its first check: {reason}", t.name);
+        }
         Ok(()) => {
             t.failures = 0;
             map.bump_generation(t.id);
@@ -493,16 +571,21 @@ fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall
 }
 
 /// Starts the checker: runs the first round (blocking, bounded by the
-/// timeouts), then spawns the checker thread. No-op without health checks.
-pub fn start(groups: Vec<CheckGroup>, map: Arc<HealthMap>) -> std::io::Result<()> {
-    let Some(mut checker) = Checker::new(groups, map) else {
-        return Ok(());
+/// timeouts), then spawns the checker thread. Returns where to send new
+/// member lists; `None` without health checks (no thread).
+pub(crate) fn start(
+    groups: Vec<CheckGroup>,
+    map: Arc<HealthMap>,
+) -> std::io::Result<Option<std::sync::mpsc::Sender<TargetsUpdate>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let Some(mut checker) = Checker::new(groups, map, rx) else {
+        return Ok(None);
     };
     checker.first_round();
     std::thread::Builder::new()
         .name("lbd-health".into())
         .spawn(move || checker.run())?;
-    Ok(())
+    Ok(Some(tx))
 }
 
 #[cfg(test)]
@@ -524,15 +607,34 @@ mod tests {
     }
 
     fn target() -> Target {
-        Target {
-            id: 3,
-            name: "b".into(),
-            address: "127.0.0.1:1".parse().unwrap(),
-            up: true,
-            successes: 0,
-            failures: 0,
-            next: Instant::now(),
-        }
+        let address = "127.0.0.1:1".parse().unwrap();
+        Target::new((3, "b".into(), address), false, Instant::now())
+    }
+
+    #[test]
+    fn a_fresh_backend_is_down_until_its_first_pass() {
+        let m = HealthMap::new(4);
+        m.set(3, false);
+        let mut t = Target::new(
+            (3, "b".into(), "127.0.0.1:1".parse().unwrap()),
+            true,
+            Instant::now(),
+        );
+        apply(&m, &mut t, Err("refused".into()), 2, 3);
+        assert!(!m.is_up(3) && !t.up);
+        apply(&m, &mut t, Ok(()), 2, 3);
+        assert!(!m.is_up(3), "after a failure, rise applies");
+        apply(&m, &mut t, Ok(()), 2, 3);
+        assert!(m.is_up(3));
+        let mut t = Target::new(
+            (2, "c".into(), "127.0.0.1:2".parse().unwrap()),
+            true,
+            Instant::now(),
+        );
+        m.set(2, false);
+        apply(&m, &mut t, Ok(()), 2, 3);
+        assert!(m.is_up(2), "a first pass brings it up at once");
+        assert!(m.up_since_us(2).is_some(), "and slow start ramps from then");
     }
 
     #[test]

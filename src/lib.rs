@@ -41,6 +41,9 @@
 //! * [`park`]: idle keep-alive connections parked without a task (epoll set).
 //! * [`error`]: proxy errors: who failed, whether a retry is safe, status mapping.
 //! * [`health`]: the checker thread and the shared health bitmap.
+//! * [`discovery`]: DNS service discovery (A/AAAA, SRV) on its own thread.
+//! * [`membership`]: who is in each group: static, discovered and API
+//!   members, the one door through which the backend set changes.
 //! * [`signals`]: the signal thread: drain, upgrade, log reopen.
 //! * [`daemon`]: `-d`, the pid file, files written atomically.
 //! * [`notify`]: systemd readiness (`Type=notify`): READY, RELOADING,
@@ -63,6 +66,7 @@ pub(crate) mod buffer;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
+pub(crate) mod discovery;
 pub(crate) mod downstream;
 pub(crate) mod error;
 pub(crate) mod health;
@@ -70,6 +74,7 @@ pub mod http;
 pub(crate) mod idle;
 pub(crate) mod listener;
 pub(crate) mod logging;
+pub(crate) mod membership;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod park;
@@ -100,6 +105,9 @@ pub enum StartError {
     /// The pid file is in the way or cannot be written.
     #[error(transparent)]
     PidFile(#[from] daemon::PidFileError),
+    /// `-t`: a discovery name does not resolve.
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     /// `-u`: the sockets could not be taken over.
     #[error("upgrade: cannot take over the listening sockets: {0}")]
     Upgrade(#[from] upgrade::UpgradeError),
@@ -150,6 +158,8 @@ pub fn run(cli: cli::Cli) -> Result<(), StartError> {
     let config = config::Config::load(conf, cli.threads)?;
     preflight::check(&config)?;
     if cli.test {
+        // A name that does not resolve now fails the test.
+        discovery::check(&config)?;
         // What a start would log before serving, on stderr; still exit 0.
         for w in &config.warnings {
             eprintln!("lbd: warning: {w}");
@@ -233,8 +243,11 @@ fn start(
         handover.push((addr, fd));
     }
     let registry = Arc::new(upstream::Registry::from_config(&config));
-    let backends = registry.len();
-    let shared = Arc::new(shard::Shared::new(registry.clone()));
+    let backends = registry.capacity();
+    let shared = Arc::new(shard::Shared::new(registry));
+    let membership = Arc::new(membership::Membership::new(&config, shared.clone()));
+    // The first DNS answers join before the first round of health checks.
+    let discovery = discovery::Discovery::start(&config, membership.clone());
     let admin_listener = match config.admin {
         Some(addr) => Some(
             admin::bind(addr, cli.upgrade).map_err(|source| StartError::Io {
@@ -273,15 +286,22 @@ fn start(
         .collect();
     drop((dump_tx, scrape_tx));
     // The first round of health checks completes before any worker accepts.
-    health::start(registry.check_groups(&config), shared.health.clone())
+    let checks = shared.registry.load().check_groups(&config);
+    let checker = health::start(checks, shared.health.clone())
         .map_err(io_err("cannot start the health checker"))?;
     let workers = worker::spawn(config.clone(), shared.clone(), socks, links)
         .map_err(io_err("cannot start worker threads"))?;
+    membership.serving(checker);
+    if let Some(d) = discovery {
+        d.spawn()
+            .map_err(io_err("cannot start the discovery thread"))?;
+    }
     if let Some(l) = admin_listener {
         let addr = l.local_addr().map_err(io_err("admin address"))?;
         admin::spawn(
             l,
             shared.clone(),
+            membership.clone(),
             worker_metrics,
             scrape_rx,
             config.admin_token.clone(),

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use crate::access_log;
 use crate::config::Config;
 use crate::health::HealthMap;
@@ -35,18 +37,20 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<HealthMap>,
     /// Dump and scrape requests for the workers' histograms.
     pub(crate) requests: crate::metrics::Requests,
-    /// The backend set.
-    pub(crate) registry: Arc<Registry>,
+    /// The backend set: the newest snapshot, replaced by the control plane
+    /// ([`crate::membership`]), taken up by workers in their tick.
+    pub(crate) registry: ArcSwap<Registry>,
 }
 
 impl Shared {
-    /// Shared state over `registry` (every backend up).
+    /// Shared state over `registry` (every backend up; health table room
+    /// for every id the registry can assign).
     pub(crate) fn new(registry: Arc<Registry>) -> Self {
         Shared {
             shutdown: AtomicBool::new(false),
-            health: Arc::new(HealthMap::new(registry.len())),
+            health: Arc::new(HealthMap::new(registry.capacity())),
             requests: crate::metrics::Requests::default(),
-            registry,
+            registry: ArcSwap::new(registry),
         }
     }
 }
@@ -136,8 +140,8 @@ impl Shard {
     /// A worker's state.
     pub(crate) fn new(config: Arc<Config>, shared: Arc<Shared>, links: WorkerLinks) -> Self {
         let upstreams = Upstreams::new(
-            &config,
-            shared.registry.clone(),
+            config.clone(),
+            shared.registry.load_full(),
             shared.health.clone(),
             links.metrics.clone(),
             links.seed,
@@ -201,7 +205,7 @@ impl Shard {
 
     /// The 50 ms housekeeping tick, off the request path: refresh the coarse
     /// clock, answer histogram requests, hand the access-log buffer over,
-    /// publish the connection gauges.
+    /// take up a new backend set, publish the gauges.
     pub(crate) fn tick(&self) {
         self.clock.set(Instant::now());
         self.hist.borrow_mut().answer(&self.shared.requests);
@@ -213,7 +217,9 @@ impl Shard {
             .set(self.active.get() as u64);
         self.metrics.connections_parked.set(self.lot.len() as u64);
         self.metrics.tunnels_active.set(self.tunnels.get() as u64);
-        self.upstreams.borrow().publish();
+        let mut upstreams = self.upstreams.borrow_mut();
+        upstreams.refresh(&self.shared.registry);
+        upstreams.publish();
     }
 
     /// This worker's TLS server config for `listener`, if it terminates TLS.

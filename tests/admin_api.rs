@@ -9,16 +9,28 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use support::{free_port, http_get, LbdConf, Origin};
+use support::{free_port, http_get, LbdConf, Load, Origin};
 
 /// Sends a raw admin request; returns (status, body).
 fn admin(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    admin_with(port, method, path, token, "")
+}
+
+/// Sends a raw admin request with a body; returns (status, body).
+fn admin_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut out = String::new();
@@ -168,4 +180,177 @@ fn the_token_is_enforced_and_bad_input_names_the_field() {
         err.contains("admin.address") && err.contains("token_file"),
         "{err}"
     );
+}
+
+/// Adds `port` to group web; returns the response.
+fn add(admin_port: u16, port: u16, weight: u32) -> (u16, String) {
+    let body = format!("{{\"address\": \"127.0.0.1:{port}\", \"weight\": {weight}}}");
+    admin_with(admin_port, "POST", "/upstreams/web/backends", None, &body)
+}
+
+/// Removes `port` from group web.
+fn remove(admin_port: u16, port: u16) -> (u16, String) {
+    let path = format!("/upstreams/web/backends/127.0.0.1%3A{port}");
+    admin(admin_port, "DELETE", &path, None)
+}
+
+/// Waits until `origin` has served more than `n` requests.
+fn wait_for_traffic(origin: &Origin, n: usize) {
+    let t = std::time::Instant::now();
+    while origin.requests() <= n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{} got no traffic",
+            origin.port
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn add_and_remove_under_load_lose_no_request() {
+    let a = Origin::start("a");
+    let b = Origin::start("b");
+    let c = Origin::start("c");
+    let port = free_port();
+    let admin_port = free_port();
+    let _lbd = LbdConf::new(port)
+        .backends(&[a.port])
+        .threads(2)
+        .admin(admin_port)
+        .start();
+    let load = Load::start(port, 4);
+    thread::sleep(Duration::from_millis(200));
+    for round in 0..3 {
+        let (s, body) = add(admin_port, b.port, 2);
+        assert_eq!(s, 201, "{body}");
+        assert!(body.contains("\"source\":\"api\""), "{body}");
+        wait_for_traffic(&b, b.requests());
+        let (s, body) = add(admin_port, c.port, 1);
+        assert_eq!(s, 201, "{body}");
+        wait_for_traffic(&c, c.requests());
+        // a leaves: within a tick it gets nothing more.
+        let (s, body) = remove(admin_port, a.port);
+        assert_eq!(s, 200, "round {round}: {body}");
+        thread::sleep(Duration::from_millis(150));
+        let before = a.requests();
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            a.requests(),
+            before,
+            "a removed backend gets no new request"
+        );
+        let list = http_get(admin_port, "/upstreams").1;
+        assert!(!list.contains(&format!("127.0.0.1:{}", a.port)), "{list}");
+        // Back with the same id; b and c leave.
+        let (s, body) = add(admin_port, a.port, 1);
+        assert_eq!(s, 201, "{body}");
+        assert!(body.contains("\"id\":0"), "an address keeps its id: {body}");
+        assert_eq!(remove(admin_port, b.port).0, 200);
+        assert_eq!(remove(admin_port, c.port).0, 200);
+        wait_for_traffic(&a, a.requests());
+    }
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 100, "load too light: {ok}");
+    // The metrics series of a removed backend go away.
+    let metrics = http_get(admin_port, "/metrics").1;
+    assert!(metrics.contains(&format!("backend=\"127.0.0.1:{}\"", a.port)));
+    assert!(
+        !metrics.contains(&format!("backend=\"127.0.0.1:{}\"", b.port)),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_backend_added_to_a_checked_group_waits_for_its_first_check() {
+    let a = Origin::start("a");
+    let port = free_port();
+    let admin_port = free_port();
+    let lbd = LbdConf::new(port)
+        .backends(&[a.port])
+        .threads(1)
+        .admin(admin_port)
+        .health_check(&[("interval_ms", "200"), ("rise", "3")])
+        .start();
+    // Announced but not listening: never gets a request.
+    let dead = free_port();
+    assert_eq!(add(admin_port, dead, 5).0, 201);
+    let list = http_get(admin_port, "/upstreams").1;
+    assert!(list.contains("\"health\":\"down\""), "{list}");
+    for _ in 0..30 {
+        assert_eq!(lbd.client().get("/").status, 200);
+    }
+    // A live one comes up after one passing check, not `rise` of them.
+    let b = Origin::start("b");
+    assert_eq!(add(admin_port, b.port, 1).0, 201);
+    let t = std::time::Instant::now();
+    while b.requests() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(2), "b never got a request");
+        assert_eq!(lbd.client().get("/").status, 200);
+    }
+    let list = http_get(admin_port, "/upstreams").1;
+    assert_eq!(list.matches("\"health\":\"up\"").count(), 2, "{list}");
+}
+
+#[test]
+fn add_and_remove_errors_name_the_field() {
+    let a = Origin::start("a");
+    let admin_port = free_port();
+    let lbd = LbdConf::front(&[a.port]).admin(admin_port).start();
+    let post = |body: &str| admin_with(admin_port, "POST", "/upstreams/web/backends", None, body);
+    let cases = [
+        ("{", 400, "body"),
+        ("{}", 400, "address"),
+        ("{\"address\": \"nope\"}", 400, "address"),
+        ("{\"address\": \"127.0.0.1:0\"}", 400, "address"),
+        ("{\"address\": 8080}", 400, "address"),
+        (
+            "{\"address\": \"127.0.0.1:9\", \"weight\": 0}",
+            400,
+            "weight",
+        ),
+        (
+            "{\"address\": \"127.0.0.1:9\", \"weight\": \"2\"}",
+            400,
+            "weight",
+        ),
+        ("{\"address\": \"127.0.0.1:9\", \"colour\": 1}", 400, "body"),
+    ];
+    for (body, status, field) in cases {
+        let (s, out) = post(body);
+        assert_eq!(s, status, "{body}: {out}");
+        assert!(
+            out.contains(&format!("\"field\":\"{field}\"")),
+            "{body}: {out}"
+        );
+    }
+    let dup = format!("{{\"address\": \"127.0.0.1:{}\"}}", a.port);
+    let (s, out) = post(&dup);
+    assert!(
+        s == 409 && out.contains("\"field\":\"address\""),
+        "{s} {out}"
+    );
+    let (s, out) = admin_with(admin_port, "POST", "/upstreams/nope/backends", None, &dup);
+    assert!(s == 404 && out.contains("\"field\":\"group\""), "{s} {out}");
+    let (s, out) = admin(
+        admin_port,
+        "DELETE",
+        "/upstreams/web/backends/127.0.0.1:1",
+        None,
+    );
+    assert!(
+        s == 404 && out.contains("\"field\":\"address\""),
+        "{s} {out}"
+    );
+    // The last backend may go: the group is empty and answers 503.
+    assert_eq!(remove(admin_port, a.port).0, 200);
+    thread::sleep(Duration::from_millis(150));
+    let (status, _) = http_get(lbd.port, "/");
+    assert_eq!(status, 503);
 }

@@ -31,14 +31,27 @@ pub(crate) struct PassiveMarks {
 impl PassiveMarks {
     /// An empty table for every backend of `registry`.
     pub(crate) fn new(registry: &Registry) -> Self {
-        let checked: Vec<bool> = registry
-            .backends()
-            .iter()
-            .map(|b| registry.groups()[b.group].checked)
-            .collect();
+        let checked: Vec<bool> = registry.slot_checked().collect();
         PassiveMarks {
             marks: (0..checked.len()).map(|_| Cell::new(None)).collect(),
             checked,
+        }
+    }
+
+    /// Makes room for the ids of a new registry snapshot.
+    pub(crate) fn grow(&mut self, registry: &Registry) {
+        let backends = registry.slot_checked();
+        for (i, checked) in backends.enumerate().skip(self.marks.len()) {
+            debug_assert_eq!(i, self.marks.len());
+            self.marks.push(Cell::new(None));
+            self.checked.push(checked);
+        }
+    }
+
+    /// Forgets `id`'s mark (it left its group).
+    pub(crate) fn clear(&mut self, id: BackendId) {
+        if let Some(m) = self.marks.get(id.index()) {
+            m.set(None);
         }
     }
 
@@ -90,7 +103,7 @@ mod tests {
         )
         .expect("config");
         let reg = Registry::from_config(&cfg);
-        let (a, b) = (reg.backends()[0].id, reg.backends()[1].id);
+        let (a, b) = (reg.groups()[0].members[0], reg.groups()[0].members[1]);
         let m = HealthMap::new(2);
         let mut p = PassiveMarks::new(&reg);
         assert!(p.eligible(a, &m));

@@ -1,14 +1,13 @@
 //! The upstream side: the backend registry, and one worker's view of it.
 //!
-//! [`Registry`] is the backend set as the process knows it: every backend of
+//! [`registry`] is the backend set as the process knows it: every backend of
 //! every group with a stable [`BackendId`], assigned once when the backend
-//! joins the registry and never re-derived from a list position. It is built
-//! on the main thread from the config and shared read-only (`Arc`) by the
-//! workers, the health checker and the admin thread; everything indexed per
-//! backend (the health map, per-worker counters, pooled connections, passive
-//! marks) is indexed by `BackendId`. A backend set that changes at run time
-//! is a change to this module only: a new registry snapshot, which workers
-//! take up between requests.
+//! joins and never re-derived from a list position, in immutable snapshots
+//! shared (`Arc`) by the workers, the health checker and the admin thread;
+//! everything indexed per backend (the health map, per-worker counters,
+//! pooled connections, passive marks, in-flight counts, EWMA) is indexed by
+//! `BackendId`, so it survives a change of the set. A worker takes a new
+//! snapshot up in its housekeeping tick ([`Upstreams::refresh`]).
 //!
 //! [`Upstreams`] is one worker's state over the registry, touched by that
 //! worker only: per group the selection cursor ([`select`]), the worker's
@@ -21,136 +20,20 @@
 pub(crate) mod connect;
 pub(crate) mod marks;
 pub(crate) mod pool;
+pub(crate) mod registry;
 pub(crate) mod select;
+
+pub(crate) use registry::{BackendId, Group, Registry, Source, Wanted};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, UpstreamConfig};
-use crate::health::{CheckGroup, HealthMap};
+use crate::health::HealthMap;
 use crate::http::request::RequestView;
 use crate::metrics::WorkerMetrics;
 use crate::stream::Stream;
-
-/// A backend's identity for the life of the process: the index of its slot
-/// in the registry, never reused for another backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct BackendId(u32);
-
-impl BackendId {
-    /// The slot index (for per-backend tables).
-    #[inline]
-    pub(crate) fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// A backend as every thread knows it.
-#[derive(Debug, Clone)]
-pub(crate) struct Backend {
-    /// Its id.
-    pub(crate) id: BackendId,
-    /// Index of its group.
-    pub(crate) group: usize,
-    /// Where to connect.
-    pub(crate) address: SocketAddr,
-    /// The configured spelling (logs, metric labels).
-    pub(crate) name: String,
-    /// Balancing weight, ≥ 1.
-    pub(crate) weight: u32,
-}
-
-/// An upstream group: its name and members, in config order.
-#[derive(Debug, Clone)]
-pub(crate) struct Group {
-    /// The key under `upstreams:`.
-    pub(crate) name: String,
-    /// Its backends.
-    pub(crate) members: Vec<BackendId>,
-    /// Whether the group has active health checks.
-    pub(crate) checked: bool,
-}
-
-/// Every backend of every group, by stable id.
-#[derive(Debug, Clone)]
-pub(crate) struct Registry {
-    backends: Vec<Backend>,
-    groups: Vec<Group>,
-}
-
-impl Registry {
-    /// The registry of the configured backends (ids in config order).
-    pub(crate) fn from_config(config: &Config) -> Self {
-        let mut backends = Vec::new();
-        let mut groups = Vec::new();
-        for (gi, up) in config.upstreams.iter().enumerate() {
-            let mut members = Vec::with_capacity(up.backends.len());
-            for b in &up.backends {
-                let id = BackendId(backends.len() as u32);
-                members.push(id);
-                backends.push(Backend {
-                    id,
-                    group: gi,
-                    address: b.address,
-                    name: b.name.clone(),
-                    weight: b.weight,
-                });
-            }
-            groups.push(Group {
-                name: up.name.clone(),
-                members,
-                checked: up.health_check.is_some(),
-            });
-        }
-        Registry { backends, groups }
-    }
-
-    /// Size of the id space (per-backend tables are this long).
-    pub(crate) fn len(&self) -> usize {
-        self.backends.len()
-    }
-
-    /// A backend by id.
-    pub(crate) fn backend(&self, id: BackendId) -> &Backend {
-        &self.backends[id.index()]
-    }
-
-    /// Every backend, by id.
-    pub(crate) fn backends(&self) -> &[Backend] {
-        &self.backends
-    }
-
-    /// Every group, by index.
-    pub(crate) fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    /// What the health checker checks: each group with a `health_check`
-    /// block and its members.
-    pub(crate) fn check_groups(&self, config: &Config) -> Vec<CheckGroup> {
-        let mut out = Vec::new();
-        for (g, up) in self.groups.iter().zip(&config.upstreams) {
-            let Some(check) = &up.health_check else {
-                continue;
-            };
-            out.push(CheckGroup {
-                check: check.clone(),
-                proxy_protocol: up.send_proxy_protocol,
-                tls: up.tls.as_ref().and_then(crate::tls::client_config),
-                targets: g
-                    .members
-                    .iter()
-                    .map(|&id| {
-                        let b = self.backend(id);
-                        (id.index(), b.name.clone(), b.address)
-                    })
-                    .collect(),
-            });
-        }
-        out
-    }
-}
 
 /// A TLS client config and the name to verify, for one group.
 pub(crate) type ClientTls = (
@@ -241,10 +124,26 @@ struct BackendState {
 /// PeakEWMA's starting estimate before any sample (1 ms).
 const DEFAULT_RTT_US: u64 = 1_000;
 
+impl BackendState {
+    fn new() -> Self {
+        BackendState {
+            inflight: 0,
+            ewma: select::ewma::Ewma::new(DEFAULT_RTT_US),
+        }
+    }
+}
+
+/// Worker `seed`'s seed for group `gi`.
+fn group_seed(seed: u64, gi: usize) -> u64 {
+    seed ^ (gi as u64) << 32
+}
+
 /// One worker's view of the registry. Single-threaded: lives in the worker's
 /// shard, borrowed briefly (never across an await).
 pub(crate) struct Upstreams {
     registry: Arc<Registry>,
+    config: Arc<Config>,
+    seed: u64,
     health: Arc<HealthMap>,
     groups: Vec<GroupState>,
     backends: Vec<BackendState>,
@@ -260,23 +159,19 @@ impl Upstreams {
     /// A worker's state over `registry`, with its own TLS configs; `seed`
     /// differs per worker (random and p2c draws).
     pub(crate) fn new(
-        config: &Config,
+        config: Arc<Config>,
         registry: Arc<Registry>,
         health: Arc<HealthMap>,
         metrics: Arc<WorkerMetrics>,
         seed: u64,
     ) -> Self {
         let groups = registry
-            .groups
+            .groups()
             .iter()
             .zip(&config.upstreams)
             .enumerate()
-            .map(|(gi, (g, up))| group_state(&registry, g, up, seed ^ (gi as u64) << 32))
+            .map(|(gi, (g, up))| group_state(&registry, g, up, group_seed(seed, gi)))
             .collect();
-        let backend = BackendState {
-            inflight: 0,
-            ewma: select::ewma::Ewma::new(DEFAULT_RTT_US),
-        };
         Upstreams {
             marks: marks::PassiveMarks::new(&registry),
             pool: pool::Pool::new(
@@ -284,13 +179,52 @@ impl Upstreams {
                 config.upstream_keepalive_pool_size,
                 config.limits.upstream_idle_timeout,
             ),
-            backends: vec![backend; registry.len()],
+            backends: vec![BackendState::new(); registry.len()],
+            connect_timeout: config.limits.upstream_connect_timeout,
             registry,
+            config,
+            seed,
             health,
             groups,
             metrics,
-            connect_timeout: config.limits.upstream_connect_timeout,
         }
+    }
+
+    /// Takes up the newest registry snapshot if it is not the one in use
+    /// (housekeeping tick; one atomic load when nothing changed).
+    pub(crate) fn refresh(&mut self, live: &arc_swap::ArcSwap<Registry>) {
+        if live.load().epoch() != self.registry.epoch() {
+            self.apply(live.load_full());
+        }
+    }
+
+    /// Switches to snapshot `next`: per-id state (in-flight counts, EWMA,
+    /// marks of members that stay) carries over; a group whose members
+    /// changed gets a new selection state; backends that left lose their
+    /// idle connections at once (in-flight exchanges finish, and their
+    /// connections are not pooled again).
+    fn apply(&mut self, next: Arc<Registry>) {
+        let n = next.len();
+        if self.backends.len() < n {
+            self.backends.resize(n, BackendState::new());
+        }
+        self.pool.grow(n);
+        self.marks.grow(&next);
+        for gi in 0..next.groups().len() {
+            if next.same_members(&self.registry, gi) {
+                continue;
+            }
+            for &id in &self.registry.groups()[gi].members {
+                if !next.is_member(id) {
+                    self.pool.close(id);
+                    self.marks.clear(id);
+                }
+            }
+            if let (Some(up), Some(g)) = (self.config.upstreams.get(gi), next.groups().get(gi)) {
+                self.groups[gi].set_members(&next, g, up, group_seed(self.seed, gi));
+            }
+        }
+        self.registry = next;
     }
 
     /// Picks an eligible backend of `group` for a request with `aff` (see
@@ -312,7 +246,7 @@ impl Upstreams {
             ..
         } = self;
         let g = groups.get_mut(group)?;
-        let members = &registry.groups.get(group)?.members;
+        let members = &registry.groups().get(group)?.members;
         let health = &**health;
         let up = |id: BackendId| marks.eligible(id, health);
         // Envoy's panic mode: too few eligible, so all are.
@@ -379,7 +313,7 @@ impl Upstreams {
         let sticky = g.sticky.as_ref().and_then(|s| {
             let value = select::sticky::find_cookie(headers(), &s.cookie)?;
             let i = select::sticky::find_backend(&s.ids, value)?;
-            Some(self.registry.groups[group].members[i])
+            self.registry.groups()[group].members.get(i).copied()
         });
         Affinity {
             hash,
@@ -415,7 +349,7 @@ impl Upstreams {
         if aff.sticky == Some(backend) {
             return None;
         }
-        let members = &self.registry.groups.get(group)?.members;
+        let members = &self.registry.groups().get(group)?.members;
         let i = members.iter().position(|&m| m == backend)?;
         Some((&s.cookie, s.ids[i].to_hex(), s.ttl_s))
     }
@@ -535,7 +469,10 @@ impl Upstreams {
         tag: Option<pool::Tag>,
         now: Instant,
     ) {
-        self.pool.checkin(id, stream, tag, now);
+        // A backend that left the group while the exchange ran: close.
+        if self.registry.is_member(id) {
+            self.pool.checkin(id, stream, tag, now);
+        }
     }
 
     /// Closes idle connections past the idle timeout.
@@ -552,37 +489,52 @@ impl Upstreams {
 /// A worker's state for group `g` (configured as `up`).
 fn group_state(registry: &Registry, g: &Group, up: &UpstreamConfig, seed: u64) -> GroupState {
     let b = &up.balance;
-    let names: Vec<(&str, u32)> = g
-        .members
-        .iter()
-        .map(|&id| {
-            let m = registry.backend(id);
-            (m.name.as_str(), m.weight)
-        })
-        .collect();
-    GroupState {
-        selector: select::Selector::new(b.balance, &names, b.hash_balance_factor, seed),
+    let mut state = GroupState {
+        selector: select::Selector::new(b.balance, &[], b.hash_balance_factor, seed),
         tls: up.tls.as_ref().and_then(crate::tls::client_config),
         host_override: up.host.as_ref().map(|h| h.as_bytes().to_vec()),
-        // A request without Host gets the group's first backend, as
-        // nginx sends its `proxy_pass` host.
-        default_host: g
-            .members
-            .first()
-            .map(|&id| registry.backend(id).address.to_string().into_bytes())
-            .unwrap_or_default(),
+        default_host: Vec::new(),
         hash_key: b.hash_key.clone(),
         sticky: b.sticky.as_ref().map(|s| Sticky {
             cookie: s.cookie.as_bytes().to_vec(),
             ttl_s: s.ttl_s,
-            ids: names
-                .iter()
-                .map(|&(name, _)| select::sticky::StickyId::new(&g.name, name))
-                .collect(),
+            ids: Vec::new(),
         }),
         slow_start_us: b.slow_start.map(|d| d.as_micros() as u64),
         panic_percent: b.panic_threshold_percent,
         upgrades: up.upgrade_protocols.clone(),
         send_proxy_protocol: up.send_proxy_protocol,
+    };
+    state.set_members(registry, g, up, seed);
+    state
+}
+
+impl GroupState {
+    /// What depends on the members: the selection state (a fresh cursor,
+    /// ring or draw), the default Host, the sticky cookie values.
+    fn set_members(&mut self, registry: &Registry, g: &Group, up: &UpstreamConfig, seed: u64) {
+        let b = &up.balance;
+        let names: Vec<(&str, u32)> = g
+            .members
+            .iter()
+            .map(|&id| {
+                let m = registry.backend(id);
+                (m.name.as_str(), m.weight)
+            })
+            .collect();
+        self.selector = select::Selector::new(b.balance, &names, b.hash_balance_factor, seed);
+        // A request without Host gets the group's first backend, as
+        // nginx sends its `proxy_pass` host.
+        self.default_host = g
+            .members
+            .first()
+            .map(|&id| registry.backend(id).address.to_string().into_bytes())
+            .unwrap_or_default();
+        if let Some(s) = &mut self.sticky {
+            s.ids = names
+                .iter()
+                .map(|&(name, _)| select::sticky::StickyId::new(&g.name, name))
+                .collect();
+        }
     }
 }

@@ -63,6 +63,20 @@ impl Pool {
         }
     }
 
+    /// Makes room for `backends` backends (new ids of a registry snapshot).
+    pub(crate) fn grow(&mut self, backends: usize) {
+        if self.idle.len() < backends {
+            self.idle.resize_with(backends, Vec::new);
+        }
+    }
+
+    /// Closes every idle connection to `backend` (it left its group).
+    pub(crate) fn close(&mut self, backend: BackendId) {
+        if let Some(stack) = self.idle.get_mut(backend.index()) {
+            *stack = Vec::new();
+        }
+    }
+
     /// Takes the most recently used live connection to `backend` with
     /// `tag`, if any. `now` may be the worker's coarse clock: idle timeouts
     /// are coarse.

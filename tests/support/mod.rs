@@ -1554,3 +1554,87 @@ pub fn read_until_head<R: Read>(s: &mut R) -> Option<Vec<u8>> {
     }
     Some(head)
 }
+
+/// Clients on keep-alive connections sending GETs in a loop; every failure
+/// (connect error, reset, timeout, non-2xx) is counted.
+/// `finish` stops them and returns (successes, failures).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                thread::spawn(move || {
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    while !stop.load(Ordering::SeqCst) {
+                        if conn.is_none() {
+                            match TcpStream::connect(("127.0.0.1", port)) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    conn = Some(BufReader::new(s));
+                                }
+                                Err(e) => {
+                                    failures.lock().unwrap().push(format!("connect: {e}"));
+                                    thread::sleep(Duration::from_millis(5));
+                                    continue;
+                                }
+                            }
+                        }
+                        let r = conn.as_mut().unwrap();
+                        let res = r
+                            .get_mut()
+                            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                            .map_err(|e| format!("write: {e}"))
+                            .and_then(|_| {
+                                read_response(r, false).map_err(|e| format!("read: {e}"))
+                            });
+                        match res {
+                            Ok(resp) if (200..300).contains(&resp.status) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                                if resp.header("Connection") == Some("close") {
+                                    conn = None;
+                                }
+                            }
+                            Ok(resp) => {
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("status {}", resp.status));
+                                conn = None;
+                            }
+                            Err(e) => {
+                                failures.lock().unwrap().push(e);
+                                conn = None;
+                            }
+                        }
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let f = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::SeqCst), f)
+    }
+}

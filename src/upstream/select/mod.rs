@@ -169,6 +169,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_group_picks_nothing() {
+        use Balance::*;
+        for b in [RoundRobin, LeastConn, P2c, Random, Hash] {
+            let mut s = Selector::new(b, &[], 0, 1);
+            assert_eq!(s.pick(0, members(&[]), None), None, "{b:?}");
+            assert_eq!(s.pick(0, members(&[]), Some(7)), None, "{b:?}");
+        }
+        let mut s = Selector::new(Hash, &[], 150, 1);
+        assert_eq!(s.pick(0, members(&[]), Some(7)), None);
+    }
+
+    #[test]
     fn random_is_weighted_and_skips_ineligible() {
         let names = [("a:1", 1), ("b:1", 3), ("c:1", 1)];
         let mut s = Selector::new(Balance::Random, &names, 0, 7);
