@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{free_port, unique_temp_dir, LbdConf, Load, Origin};
+use support::{free_port, read_response, unique_temp_dir, LbdConf, Load, Origin};
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 

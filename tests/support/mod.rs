@@ -912,6 +912,8 @@ pub struct Knobs {
 pub struct Origin {
     pub name: String,
     pub port: u16,
+    /// Where it listens.
+    pub addr: SocketAddr,
     /// Accepted TCP connections.
     pub connections: Arc<AtomicUsize>,
     /// Complete requests (head and whole body) received.
@@ -926,8 +928,14 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(name: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let port = listener.local_addr().unwrap().port();
+        Origin::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// An origin listening on `addr` (port 0: any free port).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).expect("origin bind");
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
         let state = Arc::new(OriginState {
             name: name.to_string(),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -945,6 +953,7 @@ impl Origin {
         let origin = Origin {
             name: name.to_string(),
             port,
+            addr,
             connections: state.connections.clone(),
             requests: state.requests.clone(),
             heads: state.heads.clone(),
@@ -1020,8 +1029,7 @@ impl Origin {
     /// every open connection is shut down. Not revivable.
     pub fn kill(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         for (_, c) in self.state.open.lock().unwrap().drain() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
