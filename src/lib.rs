@@ -226,7 +226,7 @@ fn start(
             "upgrade: waiting for the running lbd's sockets on {}",
             config.upgrade_sock.display()
         );
-        let received = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
+        let (received, _state) = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
         log::info!(
             "upgrade: received {}",
             logging::count(received.len(), "listening socket", "listening sockets")
