@@ -8,6 +8,7 @@
 //! pools and connects backends by stable id.
 //!
 //! * [`cli`]: the command line (Pingora-compatible flags).
+//! * [`ctl`]: `lbd ctl`, the admin API's command-line client.
 //! * [`config`]: `conf.yaml`, typed and validated; every key documented.
 //! * [`listener`]: builds the SO_REUSEPORT listening sockets, one per worker
 //!   per address, on the main thread.
@@ -65,6 +66,7 @@ pub(crate) mod admin;
 pub(crate) mod buffer;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod ctl;
 pub(crate) mod daemon;
 pub(crate) mod discovery;
 pub(crate) mod downstream;
@@ -145,6 +147,9 @@ fn open_err(
 
 /// Runs lbd as the command line says; returns when it exits.
 pub fn run(cli: cli::Cli) -> Result<(), StartError> {
+    if let Some(cli::Command::Ctl(args)) = &cli.command {
+        std::process::exit(ctl::run(args));
+    }
     if let Some(dir) = &cli.gen_assets {
         return cli::generate_assets(dir).map_err(io_err("cannot write the generated files"));
     }
@@ -221,7 +226,7 @@ fn start(
             "upgrade: waiting for the running lbd's sockets on {}",
             config.upgrade_sock.display()
         );
-        let received = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
+        let (received, _state) = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
         log::info!(
             "upgrade: received {}",
             logging::count(received.len(), "listening socket", "listening sockets")

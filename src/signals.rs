@@ -84,7 +84,14 @@ pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
                     .iter()
                     .map(|(a, f)| (*a, f.as_raw_fd()))
                     .collect();
-                match crate::upgrade::send(&lc.config.upgrade_sock, &fds, lc.config.upgrade_wait) {
+                // The runtime state is not carried yet: an empty one.
+                let sent = crate::upgrade::send(
+                    &lc.config.upgrade_sock,
+                    &fds,
+                    &[],
+                    lc.config.upgrade_wait,
+                );
+                match sent {
                     Ok(new_pid) => {
                         // Before the drain: systemd must know who serves
                         // before this process can exit.
