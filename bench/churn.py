@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Backend-set churn under load: what 1,000 admin-API updates cost lbd.
 
-  bench/churn.py [--runs 3] [--duration 10] [--updates 1000] [--connections 32]
+  bench/churn.py [--runs 3 | --quick] [--duration 10] [--updates 1000] [--connections 32]
                  [--threads 2] [--cpus PROXY:LOAD] [--lbd PATH] [--out DIR]
 
 Four examples/origin processes (A, B, C, D; 17-byte body, as bench.py's
@@ -287,8 +287,27 @@ class Rig:
         for o in self.origins:
             o.stop()
 
+    def set_static(self, n):
+        """Holds web at its first n origins (outside any load window)."""
+        want = [f"127.0.0.1:{p}" for p in ORIGIN_PORTS[:n]]
+        have = members()
+        for p in ORIGIN_PORTS:
+            addr = f"127.0.0.1:{p}"
+            if addr in want and addr not in have:
+                s, text, _ = admin("POST", "/upstreams/web/backends", json.dumps({"address": addr, "weight": 1}))
+            elif addr not in want and addr in have:
+                s, text, _ = admin("DELETE", f"/upstreams/web/backends/127.0.0.1%3A{p}")
+            else:
+                continue
+            if s not in (200, 201):
+                raise RuntimeError(f"admin answered {s} setting web to {want}: {text[:200]}")
+        if members() != want:
+            raise RuntimeError(f"web is {members()}, expected {want}")
+        time.sleep(0.2)  # every worker takes the set up within a 50 ms tick
+
     def run_once(self, mode, duration, updates):
         """One load window; returns the run's record."""
+        self.set_static(int(mode[6:] or 2) if mode.startswith("static") else 2)
         opids = [o.proc.pid for o in self.origins]
         o0 = [proc_cpu_s(p) for p in opids]
         th0 = threads(self.pid)
@@ -374,13 +393,13 @@ def summary(runs, mode):
     return s
 
 
-def table(runs, summ, ratio):
+def table(runs, summ, ratio, modes):
     hdr = ["run", "mode", "requests", "req/s", "p99 µs", "err", "non2xx", "updates ok", "upd/s", "admin p50/p99 ms",
            "lbd CPU s", "workers/admin s", "CPU µs/req", "schedstat", "C+D origin %", "RSS MiB", "noise %", "verdict"]
     rows = []
     for i, r in enumerate(runs):
         th = r["lbd_cpu_by_thread_s"]
-        rows.append([str(i // 2 + 1), r["mode"], f"{r['requests']:,}", f"{r['rps']:,.0f}", f"{r['p99_us']:,.0f}",
+        rows.append([str(i // len(modes) + 1), r["mode"], f"{r['requests']:,}", f"{r['rps']:,.0f}", f"{r['p99_us']:,.0f}",
                      str(r["errors"]), str(r["non2xx"]),
                      f"{r['updates_ok']}/{r['updates']}" if "updates" in r else "-",
                      f"{r['updates_per_s']:.0f}" if "updates" in r else "-",
@@ -389,7 +408,7 @@ def table(runs, summ, ratio):
                      f"{r['cpu_us_per_req']:.2f}", f"{r['cpu_us_per_req_schedstat']:.2f}",
                      f"{r['churned_origins_cpu_pct']:.1f}", f"{r['lbd_rss_kib'] / 1024:.1f}", f"{r['noise_pct']:.1f}",
                      r["verdict"]])
-    for mode in ("static", "churn"):
+    for mode in modes:
         s = summ[mode]
         rows.append(["median", mode, "", f"{s['rps']:,.0f}", "", str(s["errors"]), str(s["non2xx"]),
                      f"{s['updates_ok']}/{s['updates']}" if "updates" in s else "-",
@@ -401,10 +420,11 @@ def table(runs, summ, ratio):
     fmt = lambda row: "  ".join(c.ljust(w[i]) if i in left else c.rjust(w[i]) for i, c in enumerate(row)).rstrip()
     lines = [fmt(hdr), "  ".join("-" * x for x in w)] + [fmt(r) for r in rows]
     lines.append("")
-    lines.append(f"churn ÷ static (medians): CPU per request {ratio['cpu_per_req']:.3f}×, "
-                 f"req/s {ratio['rps']:.3f}×; pairwise (run i churn ÷ run i static, median): "
-                 f"CPU per request {ratio['cpu_per_req_pairwise']:.3f}×, req/s {ratio['rps_pairwise']:.3f}×")
-    errs = summ["static"]["errors"] + summ["churn"]["errors"] + summ["static"]["non2xx"] + summ["churn"]["non2xx"]
+    for base, q in ratio.items():
+        lines.append(f"churn ÷ {base} (medians): CPU per request {q['cpu_per_req']:.3f}×, "
+                     f"req/s {q['rps']:.3f}×; pairwise (run i churn ÷ run i {base}, median): "
+                     f"CPU per request {q['cpu_per_req_pairwise']:.3f}×, req/s {q['rps_pairwise']:.3f}×")
+    errs = sum(summ[m]["errors"] + summ[m]["non2xx"] for m in modes)
     lines.append("ERRORS: none (0 socket errors, 0 non-2xx in every run)" if not errs else
                  f"ERRORS: {errs} socket errors + non-2xx responses — see the verdict column")
     return "\n".join(lines)
@@ -412,16 +432,21 @@ def table(runs, summ, ratio):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3, help="runs of each mode, interleaved (default 3)")
+    ap.add_argument("--runs", type=int, help="runs of each mode, interleaved (default 3; 2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="2 runs of each mode instead of 3")
     ap.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load, with 8 updates (default 2)")
     ap.add_argument("--updates", type=int, default=1000, help="backend-set updates per churn run (default 1000)")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument("--threads", type=int, default=2, help="lbd workers (default 2)")
     ap.add_argument("--cpus", default="1:0", help="PROXY_CPUS:LOAD_CPUS, taskset lists (default 1:0)")
+    ap.add_argument("--control", type=int, choices=(0, 3, 4), default=4,
+                    help="add a third interleaved mode static<N>: web held at N members (A..D) with no updates "
+                         "during the run, to tell the cost of updates from that of a bigger set (0 = off; default 4)")
     ap.add_argument("--lbd", default=bench.LBD)
     ap.add_argument("--out", default=os.path.join(bench.BENCH, "results"))
     a = ap.parse_args()
+    a.runs = a.runs or (2 if a.quick else 3)
     if a.runs < 1 or a.updates < 0 or a.updates % 4:
         ap.error("--runs >= 1 and --updates a multiple of 4 (so each churn run ends at the static set)")
     if a.updates and a.updates / a.duration > 400:
@@ -429,6 +454,7 @@ def main():
     for tool in (a.lbd, bench.ORIGIN):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing: bench/run.sh --churn builds it")
+    modes = ["static", "churn"] + ([f"static{a.control}"] if a.control else [])
     t0 = time.time()
     rig = Rig(a)
     _, load_cpus = a.cpus.split(":")
@@ -437,12 +463,12 @@ def main():
     try:
         rig.start()
         log(f"workdir {rig.work}; lbd --threads {a.threads} on CPU {rig.proxy_cpus}, wrk + origins + updates on "
-            f"CPU {rig.load_cpus}; {a.runs} × (static, churn) of {a.duration} s, {a.updates} updates per churn run")
+            f"CPU {rig.load_cpus}; {a.runs} × ({', '.join(modes)}) of {a.duration} s, {a.updates} updates per churn run")
         w = rig.run_once("churn", a.warmup, 8 if a.updates else 0)  # warm-up: load and admin path, discarded
         if w["verdict"] != "ok":
             rig.note(f"warm-up: {w['verdict']}")
         for i in range(a.runs):
-            for mode in ("static", "churn"):
+            for mode in modes:
                 r = rig.run_once(mode, a.duration, a.updates)
                 runs.append(r)
                 log(f"run {i + 1} {mode:6s} rps={r['rps']:8.0f} cpu={r['cpu_us_per_req']:6.2f}us/req "
@@ -452,14 +478,19 @@ def main():
                     + f"noise={r['noise_pct']}% {r['verdict']}")
     finally:
         rig.stop()
-    summ = {m: summary(runs, m) for m in ("static", "churn")}
-    st, ch = summ["static"], summ["churn"]
-    pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(a.runs)]
-    ratio = {"cpu_per_req": ch["cpu_us_per_req"] / st["cpu_us_per_req"], "rps": ch["rps"] / st["rps"],
-             "cpu_per_req_pairwise": statistics.median(c["cpu_us_per_req"] / s["cpu_us_per_req"] for s, c in pairs),
-             "rps_pairwise": statistics.median(c["rps"] / s["rps"] for s, c in pairs)}
+    summ = {m: summary(runs, m) for m in modes}
+    ch = summ["churn"]
+    ratio = {}
+    for base in [m for m in modes if m != "churn"]:
+        st = summ[base]
+        pairs = [(next(r for r in rnd if r["mode"] == base), next(r for r in rnd if r["mode"] == "churn"))
+                 for rnd in (runs[i:i + len(modes)] for i in range(0, len(runs), len(modes)))]
+        ratio[base] = {
+            "cpu_per_req": ch["cpu_us_per_req"] / st["cpu_us_per_req"], "rps": ch["rps"] / st["rps"],
+            "cpu_per_req_pairwise": statistics.median(c["cpu_us_per_req"] / s["cpu_us_per_req"] for s, c in pairs),
+            "rps_pairwise": statistics.median(c["rps"] / s["rps"] for s, c in pairs)}
     ok = all(r["verdict"] == "ok" for r in runs)
-    t = table(runs, summ, ratio)
+    t = table(runs, summ, ratio, modes)
     print(t)
     for n in rig.notes:
         print("note:", n)
@@ -472,7 +503,7 @@ def main():
                       "static": ["a", "b"], "churned": ["c", "d"]},
            "how": "CPU = utime+stime of /proc/<lbd>/stat (all threads) before wrk starts and after it exits and the "
                   "update thread finished; cpu_us_per_req_schedstat = same window from /proc/<lbd>/task/*/schedstat",
-           "verdict": "ok" if ok else "FAIL", "summary": summ, "ratio_churn_over_static": ratio,
+           "modes": modes, "verdict": "ok" if ok else "FAIL", "summary": summ, "ratio_churn_over": ratio,
            "notes": rig.notes, "warmup": w if runs else None, "runs": runs}
     os.makedirs(a.out, exist_ok=True)
     for name in (f"churn-{stamp}.json", "churn-latest.json"):

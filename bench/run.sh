@@ -3,7 +3,7 @@
 # forwarder ("floor") and no proxy at all ("direct"). See bench/bench.py for
 # the layout, contenders and scenarios, bench/results/ for the output.
 #
-# Usage: bench/run.sh [--quick] [--cpus PROXY:LOAD] [--build] [--pingora] [bench.py options]
+# Usage: bench/run.sh [--quick] [--cpus PROXY:LOAD] [--build] [--pingora] [--ws | --churn] [bench.py options]
 #   --quick        small bodies, keep-alive + close, 1k idle conns, 1 run (< 60 s)
 #   --cpus 1:0     taskset CPU lists: proxy on CPU 1, wrk/oha + origins on CPU 0
 #                  (default). On a bigger box e.g. --cpus 4:0-3 keeps the
@@ -14,6 +14,11 @@
 #   --ws           instead: the WebSocket scenarios (bench/ws.py): echo
 #                  messages per second and CPU per message, and RSS per idle
 #                  tunnel (2,000 idle WebSockets), lbd vs nginx
+#   --churn        instead: 1,000 backend-set updates under load (bench/churn.py):
+#                  lbd --threads 2, wrk keep-alive, static vs churn runs
+#                  interleaved; CPU µs/request of both and their ratio. Needs
+#                  only wrk, lbd and examples/origin (builds what is missing;
+#                  other options go to churn.py: --runs, --duration, --cpus ...)
 #   --pingora      add Pingora's load balancer (bench/pingora-lb, crate pingora
 #                  with the lb feature) to the contenders; builds it first when
 #                  missing (about 5 minutes, needs cmake), except in --quick,
@@ -31,21 +36,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 build=0 pingora=0 ws=0 args=()
+quick=0 build=0 pingora=0 ws=0 churn=0 args=()
 while (($#)); do
     case $1 in
         --quick) quick=1; args+=(--quick) ;;
         --build) build=1 ;;
         --pingora) pingora=1; args+=(--pingora) ;;
         --ws) ws=1 ;;
+        --churn) churn=1 ;;
         --cpus) args+=(--cpus "$2"); shift ;;
         *) args+=("$1") ;;
     esac
     shift
 done
 
+tools=(wrk nginx haproxy taskset)
+((churn)) && tools=(wrk taskset)
 missing=()
-for t in wrk nginx haproxy taskset; do command -v "$t" >/dev/null || missing+=("$t"); done
+for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 if ((${#missing[@]})); then
     pkgs=()
     for t in "${missing[@]}"; do
@@ -57,6 +65,20 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
     # The Debian packages start system services on :80; the bench needs none.
     "${sudo_[@]}" systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
+fi
+
+if ((churn)); then
+    # The churn scenario needs lbd and examples/origin only: build what is
+    # missing (both with --build), nothing else.
+    targets=()
+    { ((build)) || [ ! -x target/release/lbd ]; } && targets+=(--bin lbd)
+    { ((build)) || [ ! -x target/release/examples/origin ]; } && targets+=(--example origin)
+    if ((${#targets[@]})); then
+        echo "bench: cargo build --release ${targets[*]}" >&2
+        cargo build --release "${targets[@]}" >&2
+    fi
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    exec python3 bench/churn.py "${args[@]}"
 fi
 
 if ! command -v oha >/dev/null && [ ! -x bench/.tools/bin/oha ]; then

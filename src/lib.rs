@@ -221,19 +221,22 @@ fn start(
         what: "cannot block signals",
         source: e.into(),
     })?;
-    let socks = if cli.upgrade {
+    let (socks, handed_state) = if cli.upgrade {
         log::info!(
             "upgrade: waiting for the running lbd's sockets on {}",
             config.upgrade_sock.display()
         );
-        let (received, _state) = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
+        let (received, state) = upgrade::receive(&config.upgrade_sock, config.upgrade_wait)?;
         log::info!(
             "upgrade: received {}",
             logging::count(received.len(), "listening socket", "listening sockets")
         );
-        listener::adopt_all(&config, config.threads, received)?
+        (
+            listener::adopt_all(&config, config.threads, received)?,
+            state,
+        )
     } else {
-        listener::bind_all(&config, config.threads)?
+        (listener::bind_all(&config, config.threads)?, None)
     };
     // Keep a duplicate of every listening socket for a later hand-over.
     let mut handover = Vec::new();
@@ -253,6 +256,12 @@ fn start(
     let membership = Arc::new(membership::Membership::new(&config, shared.clone()));
     // The first DNS answers join before the first round of health checks.
     let discovery = discovery::Discovery::start(&config, membership.clone());
+    if let Some(state) = handed_state.filter(|s| !s.is_empty()) {
+        match membership.import(&state) {
+            Ok(n) => log::info!("upgrade: replayed {n} admin API changes of the old process"),
+            Err(e) => log::warn!("upgrade: the old process's admin API state is unreadable: {e}"),
+        }
+    }
     let admin_listener = match config.admin {
         Some(addr) => Some(
             admin::bind(addr, cli.upgrade).map_err(|source| StartError::Io {
@@ -335,6 +344,7 @@ fn start(
             workers,
             sockets: handover,
             on_usr1: Box::new(dump_latency(&config, &shared, dump_rx)),
+            state: Box::new(|| membership.export()),
         },
     );
     if let Some(p) = &config.pid_file {

@@ -51,6 +51,9 @@ pub struct Lifecycle<'a> {
     pub sockets: Vec<(SocketAddr, OwnedFd)>,
     /// Called on SIGUSR1.
     pub on_usr1: Box<dyn Fn() + 'a>,
+    /// The run-time state handed to the new process of an upgrade (the
+    /// admin API's changes).
+    pub state: Box<dyn Fn() -> Vec<u8> + 'a>,
 }
 
 /// Waits for signals until lbd should exit; returns when it may.
@@ -84,11 +87,11 @@ pub fn run(set: &SigSet, mut lc: Lifecycle<'_>) {
                     .iter()
                     .map(|(a, f)| (*a, f.as_raw_fd()))
                     .collect();
-                // The runtime state is not carried yet: an empty one.
+                let state = (lc.state)();
                 let sent = crate::upgrade::send(
                     &lc.config.upgrade_sock,
                     &fds,
-                    &[],
+                    &state,
                     lc.config.upgrade_wait,
                 );
                 match sent {

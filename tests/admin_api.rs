@@ -291,7 +291,10 @@ fn a_backend_added_to_a_checked_group_waits_for_its_first_check() {
     assert_eq!(add(admin_port, b.port, 1).0, 201);
     let t = std::time::Instant::now();
     while b.requests() == 0 {
-        assert!(t.elapsed() < Duration::from_secs(2), "b never got a request");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "b never got a request"
+        );
         assert_eq!(lbd.client().get("/").status, 200);
     }
     let list = http_get(admin_port, "/upstreams").1;
@@ -353,4 +356,66 @@ fn add_and_remove_errors_name_the_field() {
     thread::sleep(Duration::from_millis(150));
     let (status, _) = http_get(lbd.port, "/");
     assert_eq!(status, 503);
+}
+
+#[test]
+fn api_changes_survive_a_sigquit_upgrade() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (a, b, c) = (Origin::start("a"), Origin::start("b"), Origin::start("c"));
+    let dir = support::unique_temp_dir("admin-upgrade");
+    let port = free_port();
+    let admin_port = free_port();
+    let conf = LbdConf::new(port)
+        .backends(&[a.port, c.port])
+        .admin(admin_port)
+        .top(&format!(
+            "upgrade_sock: {}\n",
+            dir.join("upgrade.sock").display()
+        ))
+        .write(&dir);
+    let log = dir.join("log");
+    let mut old = support::spawn_lbd(&conf, 1, &[], &[], &log);
+    let t = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "lbd did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(add(admin_port, b.port, 3).0, 201);
+    assert_eq!(remove(admin_port, a.port).0, 200);
+    let drain = format!("/upstreams/web/backends/127.0.0.1:{}/drain", c.port);
+    assert_eq!(admin(admin_port, "POST", &drain, None).0, 200);
+    let mut new = support::spawn_lbd(&conf, 1, &["-u"], &[], &log);
+    thread::sleep(Duration::from_millis(200));
+    kill(Pid::from_raw(old.id() as i32), Signal::SIGQUIT).unwrap();
+    let t = std::time::Instant::now();
+    while old.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the old process did not exit"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let list = http_get(admin_port, "/upstreams").1;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("replayed"), "{text}");
+    assert!(
+        !list.contains(&format!("127.0.0.1:{}", a.port)),
+        "a stays removed: {list}"
+    );
+    assert!(
+        list.contains(&format!("\"address\":\"127.0.0.1:{}\",\"name\":\"127.0.0.1:{}\",\"weight\":3,\"source\":\"api\"", b.port, b.port)),
+        "b stays added: {list}"
+    );
+    assert!(
+        list.contains("\"state\":\"draining\""),
+        "c stays draining: {list}"
+    );
+    let before = (a.requests(), c.requests());
+    for _ in 0..10 {
+        assert_eq!(http_get(port, "/").0, 200);
+    }
+    assert_eq!((a.requests(), c.requests()), before, "only b serves");
+    let _ = kill(Pid::from_raw(new.id() as i32), Signal::SIGTERM);
+    let _ = new.wait();
 }

@@ -126,13 +126,6 @@ pub(crate) struct Change {
     pub(crate) left: Vec<BackendId>,
 }
 
-impl Change {
-    /// True if membership did not change (weights may have).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.joined.is_empty() && self.left.is_empty()
-    }
-}
-
 impl Registry {
     /// The registry of the configured backends (ids in config order).
     pub(crate) fn from_config(config: &Config) -> Self {
@@ -436,7 +429,7 @@ mod tests {
         let mut w = wanted(&[0]);
         w[0].weight = 5;
         let (r1, c) = r.with_members(0, &w).expect("room");
-        assert!(c.is_empty());
+        assert_eq!(c, Change::default());
         assert_eq!(r1.backend(BackendId(0)).weight, 5);
         assert_eq!(
             r.backend(BackendId(0)).weight,

@@ -5,6 +5,9 @@
 //! Only `std` is used (and `socket2`, for resets).
 #![allow(dead_code)]
 
+/// A real dnsmasq for DNS discovery tests (it signals with `nix`).
+pub mod dns;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1034,7 +1037,7 @@ impl Origin {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
             assert!(
                 Instant::now() < deadline,
                 "origin {} did not stop",

@@ -442,7 +442,11 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                *s = if x % 3 == 0 { 0 } else { (x >> 20) as u16 };
+                *s = if x.is_multiple_of(3) {
+                    0
+                } else {
+                    (x >> 20) as u16
+                };
             }
             g[0] |= 1;
             let ip = Ipv6Addr::from(g);

@@ -159,7 +159,7 @@ mod tests {
         let mut b = a.clone();
         let w = [3, 1, 2];
         for k in 0..50 {
-            let up = |i: usize| (i + k) % 5 != 0;
+            let up = |i: usize| !(i + k).is_multiple_of(5);
             assert_eq!(a.next(up), b.next_weighted(|i| up(i).then_some(w[i])));
         }
     }
