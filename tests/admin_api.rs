@@ -419,3 +419,44 @@ fn api_changes_survive_a_sigquit_upgrade() {
     let _ = kill(Pid::from_raw(new.id() as i32), Signal::SIGTERM);
     let _ = new.wait();
 }
+
+#[test]
+fn lbd_ctl_drives_the_real_api() {
+    let (a, b) = (Origin::start("a"), Origin::start("b"));
+    let admin_port = free_port();
+    let lbd = LbdConf::front(&[a.port]).admin(admin_port).start();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .arg("ctl")
+            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+            .args(args)
+            .output()
+            .expect("run lbd ctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    let (code, out) = ctl(&["add", "web", &b_addr, "--weight", "2"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, table) = ctl(&["upstreams"]);
+    assert_eq!(code, Some(0), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&b_addr))
+        .unwrap_or_default();
+    assert!(row.contains("api") && row.contains(" 2 "), "{table}");
+    assert_eq!(ctl(&["drain", "web", &b_addr]).0, Some(0));
+    assert!(http_get(admin_port, "/upstreams")
+        .1
+        .contains("\"state\":\"draining\""));
+    assert_eq!(ctl(&["remove", "web", &b_addr]).0, Some(0));
+    thread::sleep(Duration::from_millis(150));
+    for _ in 0..5 {
+        assert_eq!(lbd.client().get("/").status, 200);
+    }
+    assert_eq!(b.requests(), 0);
+    let (code, err) = ctl(&["drain", "nope", &b_addr]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("group") && err.contains("nope"), "{err}");
+}
