@@ -2,8 +2,8 @@
 //! browser: headless Chromium driven through chromedriver's W3C WebDriver
 //! HTTP API, spoken directly (JSON over a std `TcpStream`). Checks the DOM
 //! while traffic flows: every backend with its state, request counts rising,
-//! a killed origin shown down, a drain clicked in the page reaching the API;
-//! and that names from the configuration render as text, never as markup.
+//! a killed origin shown down, a drain clicked in the page reaching the API,
+//! the admin token asked for, sent and never stored; and that names from the configuration render as text, never as markup.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them); without them the tests fail, saying so. With
@@ -145,16 +145,31 @@ mod webdriver {
         /// Clicks the first element matching a CSS selector (a real click
         /// through the browser's input pipeline).
         pub fn click(&self, css: &str) {
+            let id = self.find(css);
+            self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        }
+
+        /// The WebDriver reference of the first element matching `css`.
+        fn find(&self, css: &str) -> String {
             let e = self.session_call(
                 "POST",
                 "/element",
                 Some(json!({"using": "css selector", "value": css})),
             );
-            let id = e[ELEMENT]
+            e[ELEMENT]
                 .as_str()
                 .unwrap_or_else(|| panic!("no element {css}: {e}"))
-                .to_owned();
-            self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+                .to_owned()
+        }
+
+        /// Types `text` into the first element matching a CSS selector.
+        pub fn type_into(&self, css: &str, text: &str) {
+            let id = self.find(css);
+            self.session_call(
+                "POST",
+                &format!("/element/{id}/value"),
+                Some(json!({ "text": text })),
+            );
         }
 
         /// A PNG of the viewport.
@@ -388,4 +403,52 @@ fn names_from_the_config_render_as_text() {
         json!({"pwned": null, "scripts": 1, "imgs": 0}),
         "no markup injected"
     );
+}
+
+#[test]
+fn with_a_token_the_page_asks_for_it_and_sends_it() {
+    let a = Origin::start("a");
+    let dir = support::unique_temp_dir("status-token");
+    let tf = dir.join("token");
+    std::fs::write(&tf, "s3cret\n").expect("write the token file");
+    let admin_port = free_port();
+    let _lbd = LbdConf::front(&[a.port])
+        .top(&format!(
+            "admin:\n  address: 127.0.0.1:{admin_port}\n  token_file: {}\n",
+            tf.display()
+        ))
+        .start();
+    let addr = format!("127.0.0.1:{}", a.port);
+    let browser = Browser::start();
+    browser.goto(&format!("http://127.0.0.1:{admin_port}/"));
+    wait_for(Duration::from_secs(10), "the row drawn", || {
+        let v = browser.execute(READ_ROWS);
+        (v["rows"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    let drain = format!("tr.backend[data-address=\"{addr}\"] button.drain");
+    let msg = "return document.getElementById('msg').textContent;";
+    // Without the token: refused, and the page says what to do.
+    browser.click(&drain);
+    wait_for(Duration::from_secs(5), "the token asked for", || {
+        let m = browser.execute(msg);
+        m.as_str()
+            .is_some_and(|m| m.contains("token"))
+            .then_some(())
+    });
+    assert!(http_get(admin_port, "/upstreams")
+        .1
+        .contains("\"state\":\"active\""));
+    // With it: drained.
+    browser.type_into("#token", "s3cret");
+    browser.click(&drain);
+    wait_for(Duration::from_secs(5), "drained with the token", || {
+        let v = browser.execute(READ_ROWS);
+        (row(&v, &addr)["state"] == "draining").then_some(())
+    });
+    assert!(http_get(admin_port, "/upstreams")
+        .1
+        .contains("\"state\":\"draining\""));
+    // Kept in the page's memory only.
+    let stored = browser.execute("return sessionStorage.length + localStorage.length;");
+    assert_eq!(stored, json!(0));
 }
