@@ -146,6 +146,8 @@ table { border-collapse: collapse; margin: .2rem 0 .6rem; }
 th, td { padding: .2rem .6rem; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
 th { font-weight: 600; }
 th.address, th.name, th.source, th.health, th.state, td.address, td.name, td.source { text-align: left; }
+svg.spark { width: 120px; height: 20px; vertical-align: middle; }
+svg.spark polyline { fill: none; stroke: currentColor; stroke-width: 1.5; }
 td.actions button + button { margin-left: .3rem; }
 td.health, td.state { text-align: left; font-weight: 600; }
 td.health.down { color: #c33; } td.health.up { color: #2a2; }
@@ -241,9 +243,23 @@ function renderTotals(s, secs) {
   document.querySelector("#workers tbody").replaceWith(tb);
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+const HISTORY = 60;
+
+// Draws the last HISTORY rates as a polyline scaled to its own maximum.
+function spark(r, value) {
+  if (value !== null) r.history.push(value);
+  if (r.history.length > HISTORY) r.history.shift();
+  const max = Math.max(1, ...r.history);
+  const pts = r.history.map((v, i) =>
+    (120 - (r.history.length - 1 - i) * 2).toFixed(1) + "," + (23 - v / max * 22).toFixed(1));
+  r.line.setAttribute("points", pts.join(" "));
+  r.svg.setAttribute("aria-label", "requests per second over the last minute, peak " + max.toFixed(0));
+}
+
 const COLS = [["address", "address"], ["name", "name"], ["source", "source"], ["weight", "weight"],
   ["health", "health"], ["state", "state"], ["inflight", "in flight"], ["requests", "requests"],
-  ["rps", "req/s"], ["connect_errors", "connect errors"], ["pool_reuse", "pool reuse"],
+  ["rps", "req/s"], ["spark", "last 60 s"], ["connect_errors", "connect errors"], ["pool_reuse", "pool reuse"],
   ["check_failures", "failed checks"], ["actions", ""]];
 
 function groupSection(name) {
@@ -279,8 +295,15 @@ function backendRow(group, b, tbody) {
     cells.actions.appendChild(btn);
     cells[action] = btn;
   }
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 120 24");
+  svg.setAttribute("role", "img");
+  const line = document.createElementNS(SVG, "polyline");
+  svg.appendChild(line);
+  cells.spark.appendChild(svg);
   tbody.appendChild(tr);
-  r = {tr, cells, seen: 0};
+  r = {tr, cells, seen: 0, history: [], line, svg};
   rows.set(key, r);
   return r;
 }
@@ -298,12 +321,16 @@ function renderGroups(s, secs, gen) {
       const p = before.get(g.name + "\u0000" + b.address);
       const c = r.cells;
       for (const k of ["address", "name", "source", "weight", "health", "state", "inflight",
-                       "requests", "connect_errors", "pool_reuse", "check_failures"]) {
+                       "requests", "connect_errors", "check_failures"]) {
         c[k].textContent = String(b[k]);
       }
       c.health.className = "health " + b.health;
       c.state.className = "state " + b.state;
       c.rps.textContent = p ? rate(b.requests, p.requests, secs) : "…";
+      spark(r, p && secs > 0 ? Math.max(0, (b.requests - p.requests) / secs) : null);
+      const used = b.pool_reuse + b.new_connections;
+      c.pool_reuse.textContent = used ? (100 * b.pool_reuse / used).toFixed(1) + " %" : "–";
+      c.pool_reuse.title = b.pool_reuse + " reused, " + b.new_connections + " new connections";
       c.drain.hidden = b.state !== "active";
       c.disable.hidden = b.state === "disabled";
       c.enable.hidden = b.state === "active";

@@ -84,7 +84,7 @@ mod webdriver {
                         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                         "--no-first-run", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync",
-                        "--window-size=1400,900",
+                        "--window-size=1600,760",
                         format!("--user-data-dir={profile}"),
                     ],
                 },
@@ -301,7 +301,8 @@ fn the_page_shows_backends_live_and_drains_through_the_api() {
     }
 
     if let Ok(path) = std::env::var("LBD_SCREENSHOT") {
-        std::thread::sleep(Duration::from_millis(1500)); // rates over a full interval
+        // Rates over full intervals, and some sparkline history.
+        std::thread::sleep(Duration::from_secs(8));
         std::fs::write(&path, browser.screenshot()).expect("write the screenshot");
         eprintln!("screenshot of the page under load written to {path}");
     }
