@@ -166,6 +166,18 @@ fn route(conn: &mut TcpStream, ctx: &Ctx<'_>, req: &Request<'_>) -> std::io::Res
         return respond(conn, 405, "text/plain", "method not allowed\n");
     }
     match req.path {
+        b"/" => respond(
+            conn,
+            200,
+            "text/html; charset=utf-8",
+            crate::status_page::PAGE,
+        ),
+        b"/stats" => respond(
+            conn,
+            200,
+            "application/json",
+            &crate::status_page::stats_json(shared, ctx.workers),
+        ),
         b"/upstreams" => respond(
             conn,
             200,
@@ -249,7 +261,7 @@ fn upstreams_json(shared: &Shared, workers: &[Arc<WorkerMetrics>]) -> String {
 }
 
 /// `s` as a JSON string literal.
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {

@@ -55,6 +55,7 @@
 //! * [`logging`]: log setup and reopen.
 //! * [`metrics`]: per-worker counters and histograms, `.hgrm` and Prometheus output.
 //! * [`admin`]: the `/metrics` and `/health` endpoint thread.
+//! * [`status_page`]: the admin address's live status page (`GET /`) and its `GET /stats` JSON.
 //! * [`access_log`]: per-worker buffered access log and its writer thread.
 
 #![deny(rust_2018_idioms)]
@@ -86,6 +87,7 @@ pub mod proxy_protocol;
 pub(crate) mod route;
 pub(crate) mod shard;
 pub(crate) mod signals;
+pub(crate) mod status_page;
 pub(crate) mod stream;
 pub(crate) mod tls;
 pub(crate) mod tunnel;
