@@ -2,24 +2,31 @@
 """Backend-set churn under load: what 1,000 admin-API updates cost lbd.
 
   bench/churn.py [--runs 3 | --quick] [--duration 10] [--updates 1000] [--connections 32]
-                 [--threads 2] [--cpus PROXY:LOAD] [--lbd PATH] [--out DIR]
+                 [--control 3,4|none] [--threads 2] [--cpus PROXY:LOAD] [--lbd PATH] [--out DIR]
 
 Four examples/origin processes (A, B, C, D; 17-byte body, as bench.py's
 `small`) and one lbd with `--threads 2`, group `web` = [A, B] (no health
 checks, round robin), admin API on 127.0.0.1. wrk -t1 -c`--connections`
-keep-alive load for `--duration` seconds, in two modes interleaved
-static, churn, static, churn, ... (`--runs` of each, one lbd process for
-all of them):
+keep-alive load for `--duration` seconds per run, the modes interleaved
+(static, churn, static3, static4, static, churn, ...: `--runs` rounds, one
+lbd process for all of them):
 
-  static  the backend set stays [A, B]
-  churn   a thread performs `--updates` backend-set updates spread evenly
-          over the run (update k at (k+1)/(updates+1) of the duration):
-          add C, add D, remove C, remove D, add C, ... so the set goes
-          2 -> 3 -> 4 -> 3 -> 2 members; `POST /upstreams/web/backends`
-          must answer 201, `DELETE /upstreams/web/backends/127.0.0.1%3AP`
-          200. Each update is a new connection to the admin port (it closes
-          after one request). 1,000 is a multiple of 4: every churn run
-          ends with the set back at [A, B].
+  static   the backend set stays [A, B]
+  churn    a thread performs `--updates` backend-set updates spread evenly
+           over the run (update k at (k+1)/(updates+1) of the duration):
+           add C, add D, remove C, remove D, add C, ... so the set goes
+           2 -> 3 -> 4 -> 3 -> 2 members (3 on average); `POST
+           /upstreams/web/backends` must answer 201, `DELETE
+           /upstreams/web/backends/127.0.0.1%3AP` 200. Each update is a new
+           connection to the admin port (it closes after one request).
+           1,000 is a multiple of 4: every churn run ends at [A, B].
+  static3  controls (`--control`): the set held at [A, B, C] / [A, B, C, D]
+  static4  through the same API before the run (outside the measured
+           window), no updates during it. More members means more origin
+           processes sharing the load CPU, which changes req/s and lbd's
+           CPU per request by itself; churn ÷ static3 (the same 3 members
+           on average) is the cost of the updates proper, churn ÷ static
+           what the scenario as specified costs.
 
 Per run: wrk's request count and req/s, socket errors and non-2xx
 (both must be 0, or the run's verdict is FAIL), updates done / answered
@@ -31,7 +38,9 @@ update thread has finished -> CPU µs per request. The same from
 /proc/PID/task/*/schedstat (ns, bench.py's source) as a cross-check, the
 per-thread split (workers vs lbd-admin), lbd's RSS after the run, the
 share of origin CPU spent in C and D (proof that added backends got
-traffic), and "noise %": busy time on the proxy CPUs that lbd did not use.
+traffic), the update thread's own CPU (it runs on the load CPUs, beside
+wrk), the busy % of the proxy and load CPUs (/proc/stat), and "noise %":
+busy time on the proxy CPUs that lbd did not use (other work on the box).
 
 Layout (bench.py's convention): lbd alone on the PROXY CPUs (default CPU
 1), wrk, the origins and this script (hence the update thread) on the LOAD
@@ -179,6 +188,11 @@ class Churn(threading.Thread):
         self.bad = []       # first few unexpected answers
 
     def run(self):
+        c0 = time.thread_time()
+        self.run_updates()
+        self.cpu_s = time.thread_time() - c0  # this thread's CPU, on the load CPUs
+
+    def run_updates(self):
         for k in range(self.n):
             at = self.t0 + (k + 1) * self.duration / (self.n + 1)
             now = time.monotonic()
@@ -358,6 +372,7 @@ class Rig:
             r["updates_ok"] = churn.ok
             r["updates_in_window"] = sum(1 for t in churn.ends if t <= wrk_end)
             r["updates_per_s"] = churn.done / duration
+            r["updater_cpu_s"] = round(churn.cpu_s, 3)
             r["admin_ms"] = {"p50": round(pct(churn.latency, 50) * 1e3, 2), "p99": round(pct(churn.latency, 99) * 1e3, 2),
                              "max": round(max(churn.latency) * 1e3, 2)} if churn.latency else {}
             r["late_ms_max"] = round(max(churn.late) * 1e3, 2) if churn.late else None
@@ -395,7 +410,7 @@ def summary(runs, mode):
 
 def table(runs, summ, ratio, modes):
     hdr = ["run", "mode", "requests", "req/s", "p99 µs", "err", "non2xx", "updates ok", "upd/s", "admin p50/p99 ms",
-           "lbd CPU s", "workers/admin s", "CPU µs/req", "schedstat", "C+D origin %", "RSS MiB", "noise %", "verdict"]
+           "lbd CPU s", "workers/admin s", "CPU µs/req", "schedstat", "C+D origin %", "RSS MiB", "proxy/load CPU %", "noise %", "verdict"]
     rows = []
     for i, r in enumerate(runs):
         th = r["lbd_cpu_by_thread_s"]
@@ -406,14 +421,15 @@ def table(runs, summ, ratio, modes):
                      f"{r['admin_ms'].get('p50', 0):.2f}/{r['admin_ms'].get('p99', 0):.2f}" if r.get("admin_ms") else "-",
                      f"{r['lbd_cpu_s']:.2f}", f"{th.get('workers', 0):.2f}/{th.get('admin', 0):.2f}",
                      f"{r['cpu_us_per_req']:.2f}", f"{r['cpu_us_per_req_schedstat']:.2f}",
-                     f"{r['churned_origins_cpu_pct']:.1f}", f"{r['lbd_rss_kib'] / 1024:.1f}", f"{r['noise_pct']:.1f}",
+                     f"{r['churned_origins_cpu_pct']:.1f}", f"{r['lbd_rss_kib'] / 1024:.1f}",
+                     f"{r['proxy_cpu_busy_pct']:.0f}/{r['load_cpu_busy_pct']:.0f}", f"{r['noise_pct']:.1f}",
                      r["verdict"]])
     for mode in modes:
         s = summ[mode]
         rows.append(["median", mode, "", f"{s['rps']:,.0f}", "", str(s["errors"]), str(s["non2xx"]),
                      f"{s['updates_ok']}/{s['updates']}" if "updates" in s else "-",
                      f"{s['updates_per_s']:.0f}" if "updates" in s else "-", "", "", "",
-                     f"{s['cpu_us_per_req']:.2f}", f"{s['cpu_us_per_req_schedstat']:.2f}", "", "", "",
+                     f"{s['cpu_us_per_req']:.2f}", f"{s['cpu_us_per_req_schedstat']:.2f}", "", "", "", "",
                      "ok" if not s["failed_runs"] else f"{s['failed_runs']} FAILED"])
     w = [max(len(x[i]) for x in rows + [hdr]) for i in range(len(hdr))]
     left = {0, 1, len(hdr) - 1}
@@ -440,9 +456,10 @@ def main():
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument("--threads", type=int, default=2, help="lbd workers (default 2)")
     ap.add_argument("--cpus", default="1:0", help="PROXY_CPUS:LOAD_CPUS, taskset lists (default 1:0)")
-    ap.add_argument("--control", type=int, choices=(0, 3, 4), default=4,
-                    help="add a third interleaved mode static<N>: web held at N members (A..D) with no updates "
-                         "during the run, to tell the cost of updates from that of a bigger set (0 = off; default 4)")
+    ap.add_argument("--control", default="3,4",
+                    help="control modes static<N>, interleaved with the others: web held at its first N members "
+                         "(A..D) with no updates during the run, to tell the cost of the updates from that of a "
+                         "bigger set; comma-separated N of 3, 4 (default 3,4; 'none' = only static and churn)")
     ap.add_argument("--lbd", default=bench.LBD)
     ap.add_argument("--out", default=os.path.join(bench.BENCH, "results"))
     a = ap.parse_args()
@@ -454,7 +471,10 @@ def main():
     for tool in (a.lbd, bench.ORIGIN):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing: bench/run.sh --churn builds it")
-    modes = ["static", "churn"] + ([f"static{a.control}"] if a.control else [])
+    controls = [] if a.control in ("", "none", "0") else a.control.split(",")
+    if any(c not in ("3", "4") for c in controls):
+        ap.error("--control: a comma-separated list of 3 and 4, or none")
+    modes = ["static", "churn"] + [f"static{c}" for c in controls]
     t0 = time.time()
     rig = Rig(a)
     _, load_cpus = a.cpus.split(":")
