@@ -223,6 +223,18 @@ fn start(
         what: "cannot block signals",
         source: e.into(),
     })?;
+    // The admin address is bound before the listeners, so that once lbd
+    // accepts connections, its admin API accepts them too (they are
+    // served once the admin thread runs).
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            admin::bind(addr, cli.upgrade).map_err(|source| StartError::Io {
+                what: "cannot listen on admin.address",
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let (socks, handed_state) = if cli.upgrade {
         log::info!(
             "upgrade: waiting for the running lbd's sockets on {}",
@@ -264,15 +276,6 @@ fn start(
             Err(e) => log::warn!("upgrade: the old process's admin API state is unreadable: {e}"),
         }
     }
-    let admin_listener = match config.admin {
-        Some(addr) => Some(
-            admin::bind(addr, cli.upgrade).map_err(|source| StartError::Io {
-                what: "cannot listen on admin.address",
-                source,
-            })?,
-        ),
-        None => None,
-    };
     let (dump_tx, dump_rx) = std::sync::mpsc::channel();
     let (scrape_tx, scrape_rx) = std::sync::mpsc::channel();
     let worker_metrics: Vec<Arc<metrics::WorkerMetrics>> = (0..config.threads)
