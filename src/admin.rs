@@ -7,6 +7,7 @@
 //! asks each worker, through an epoch and a channel, for a copy of its
 //! cumulative latency histogram.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -14,10 +15,12 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::health::AdminState;
 use crate::membership::{Membership, MembershipError};
-use crate::metrics::{self, Reply, WorkerMetrics};
+use crate::metrics::{self, ScrapeReply, WorkerMetrics};
 use crate::shard::Shared;
+use crate::status_page::{LatencyWindow, Process};
 
 /// Binds the admin address (on the main thread, so a bad address fails start).
 /// SO_REUSEPORT, so that during an upgrade (`upgrade`) the new process can
@@ -47,7 +50,13 @@ pub(crate) struct Ctx<'a> {
     /// Every worker's counters.
     pub(crate) workers: &'a [Arc<WorkerMetrics>],
     /// Histogram snapshots coming back from workers.
-    pub(crate) scrapes: &'a Receiver<Reply>,
+    pub(crate) scrapes: &'a Receiver<ScrapeReply>,
+    /// The configuration (listeners and routes for `/stats`).
+    pub(crate) config: &'a Config,
+    /// Facts about this process for the status page.
+    pub(crate) process: &'a Process,
+    /// The status page's latency figures (admin thread only).
+    pub(crate) latency: &'a RefCell<LatencyWindow>,
     /// `admin.token_file`'s token.
     pub(crate) token: Option<&'a str>,
 }
@@ -70,18 +79,23 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     membership: Arc<Membership>,
     workers: Vec<Arc<WorkerMetrics>>,
-    scrapes: Receiver<Reply>,
-    token: Option<String>,
+    scrapes: Receiver<ScrapeReply>,
+    config: Arc<Config>,
+    process: Process,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lbd-admin".into())
         .spawn(move || {
+            let latency = RefCell::new(LatencyWindow::default());
             let ctx = Ctx {
                 shared: &shared,
                 membership: &membership,
                 workers: &workers,
                 scrapes: &scrapes,
-                token: token.as_deref(),
+                token: config.admin_token.as_deref(),
+                config: &config,
+                process: &process,
+                latency: &latency,
             };
             for conn in listener.incoming() {
                 let Ok(conn) = conn else {
@@ -172,12 +186,18 @@ fn route(conn: &mut TcpStream, ctx: &Ctx<'_>, req: &Request<'_>) -> std::io::Res
             "text/html; charset=utf-8",
             crate::status_page::PAGE,
         ),
-        b"/stats" => respond(
-            conn,
-            200,
-            "application/json",
-            &crate::status_page::stats_json(shared, ctx.workers),
-        ),
+        b"/stats" => {
+            let mut window = ctx.latency.borrow_mut();
+            window.refresh(shared, ctx.scrapes, ctx.workers.len());
+            let body = crate::status_page::stats_json(&crate::status_page::Sources {
+                shared,
+                config: ctx.config,
+                workers: ctx.workers,
+                process: ctx.process,
+                latency: &window,
+            });
+            respond(conn, 200, "application/json", &body)
+        }
         b"/upstreams" => respond(
             conn,
             200,
@@ -187,7 +207,9 @@ fn route(conn: &mut TcpStream, ctx: &Ctx<'_>, req: &Request<'_>) -> std::io::Res
         b"/metrics" => {
             let epoch = shared.requests.scrape.fetch_add(1, Ordering::AcqRel) + 1;
             let live = ctx.workers.len();
-            let (latency, _) = metrics::collect(ctx.scrapes, epoch, live, Duration::from_secs(1));
+            let groups = shared.registry.load().groups().len();
+            let (latency, _) =
+                metrics::collect_scrape(ctx.scrapes, epoch, live, groups, Duration::from_secs(1));
             let reg = shared.registry.load();
             let labels: Vec<metrics::BackendLabels<'_>> = reg
                 .members()
@@ -197,7 +219,7 @@ fn route(conn: &mut TcpStream, ctx: &Ctx<'_>, req: &Request<'_>) -> std::io::Res
                 backends: &labels,
                 workers: ctx.workers,
                 health: &shared.health,
-                latency: &latency,
+                latency: &latency.all,
             });
             respond(conn, 200, "text/plain; version=0.0.4; charset=utf-8", &body)
         }

@@ -40,7 +40,22 @@ pub struct HealthMap {
     /// Per backend: the admin API's state ([`AdminState`]), written by the
     /// admin thread only.
     admin: Vec<std::sync::atomic::AtomicU8>,
+    /// Per backend: the last active check, `(µs since epoch + 1) << 1 | passed`
+    /// (0: never checked). Checker thread writes, admin thread reads.
+    last_check: Vec<AtomicU64>,
+    /// Why each backend's last check failed (checker and admin threads
+    /// only, never a worker).
+    last_failure: std::sync::Mutex<std::collections::HashMap<usize, String>>,
     epoch: Instant,
+}
+
+/// A backend's last active check, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastCheck {
+    /// How long ago it finished.
+    pub(crate) ago: Duration,
+    /// Why it failed; `None` when it passed.
+    pub(crate) failure: Option<String>,
 }
 
 /// A backend's state as the admin API set it.
@@ -79,6 +94,8 @@ impl HealthMap {
             admin: (0..n)
                 .map(|_| std::sync::atomic::AtomicU8::new(0))
                 .collect(),
+            last_check: counters(),
+            last_failure: Default::default(),
             epoch: Instant::now(),
         }
     }
@@ -110,6 +127,9 @@ impl HealthMap {
     /// slow start counts from now.
     pub(crate) fn join(&self, id: usize, up: bool, ramp: bool) {
         self.set_admin_state(id, AdminState::Active);
+        if let Some(a) = self.last_check.get(id) {
+            a.store(0, Ordering::Relaxed);
+        }
         self.set(id, up);
         if up && ramp {
             self.mark_up_since(id);
@@ -170,6 +190,41 @@ impl HealthMap {
         self.failures
             .get(id)
             .map_or(0, |f| f.load(Ordering::Relaxed))
+    }
+
+    /// Notes one check's outcome (checker thread).
+    fn note_check(&self, id: usize, r: &Result<(), String>) {
+        if let Some(a) = self.last_check.get(id) {
+            let at = self.micros(Instant::now()) + 1;
+            a.store(at << 1 | u64::from(r.is_ok()), Ordering::Relaxed);
+        }
+        if let Ok(mut m) = self.last_failure.lock() {
+            match r {
+                Ok(()) => m.remove(&id),
+                Err(reason) => m.insert(id, reason.clone()),
+            };
+        }
+    }
+
+    /// Backend `id`'s last active check, if it had one.
+    pub(crate) fn last_check(&self, id: usize) -> Option<LastCheck> {
+        let v = self.last_check.get(id)?.load(Ordering::Relaxed);
+        if v == 0 {
+            return None;
+        }
+        let now = self.micros(Instant::now());
+        let ago = Duration::from_micros(now.saturating_sub((v >> 1) - 1));
+        let failure = match v & 1 {
+            1 => None,
+            _ => Some(
+                self.last_failure
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&id).cloned())
+                    .unwrap_or_else(|| "failed".to_owned()),
+            ),
+        };
+        Some(LastCheck { ago, failure })
     }
 
     fn count_failure(&self, id: usize) {
@@ -442,6 +497,7 @@ impl Checker {
         for (g, res) in self.groups.iter_mut().zip(results) {
             for (t, r) in g.targets.iter_mut().zip(res) {
                 t.next = now + g.check.interval;
+                self.map.note_check(t.id, &r);
                 match r {
                     Ok(()) => {
                         t.up = true;
@@ -528,6 +584,7 @@ impl Checker {
 /// Applies one check result to a backend's rise/fall state.
 fn apply(map: &HealthMap, t: &mut Target, r: Result<(), String>, rise: u32, fall: u32) {
     let fresh = std::mem::take(&mut t.fresh);
+    map.note_check(t.id, &r);
     match r {
         Ok(()) if fresh => {
             t.up = true;
@@ -591,6 +648,21 @@ pub(crate) fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_check_keeps_the_outcome_and_the_reason_until_a_rejoin() {
+        let m = HealthMap::new(2);
+        assert_eq!(m.last_check(0), None, "never checked");
+        m.note_check(0, &Err("connection refused".into()));
+        let c = m.last_check(0).expect("checked");
+        assert_eq!(c.failure.as_deref(), Some("connection refused"));
+        assert!(c.ago < Duration::from_secs(1));
+        m.note_check(0, &Ok(()));
+        assert_eq!(m.last_check(0).and_then(|c| c.failure), None);
+        assert_eq!(m.last_check(1), None, "others untouched");
+        m.join(0, false, false);
+        assert_eq!(m.last_check(0), None, "a rejoined backend starts afresh");
+    }
 
     #[test]
     fn bitmap_set_and_read_across_words() {

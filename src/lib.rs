@@ -278,8 +278,9 @@ fn start(
     }
     let (dump_tx, dump_rx) = std::sync::mpsc::channel();
     let (scrape_tx, scrape_rx) = std::sync::mpsc::channel();
+    let route_slots = metrics::route_slots(&config).1;
     let worker_metrics: Vec<Arc<metrics::WorkerMetrics>> = (0..config.threads)
-        .map(|_| Arc::new(metrics::WorkerMetrics::new(backends)))
+        .map(|_| Arc::new(metrics::WorkerMetrics::new(backends, route_slots)))
         .collect();
     let mut access: Vec<Option<(access_log::Format, access_log::WorkerLink)>> =
         match &config.access_log {
@@ -323,7 +324,19 @@ fn start(
             membership.clone(),
             worker_metrics,
             scrape_rx,
-            config.admin_token.clone(),
+            config.clone(),
+            status_page::Process {
+                config_path: cli.conf.as_ref().map(|p| {
+                    std::fs::canonicalize(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                }),
+                started_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                upgraded: cli.upgrade,
+            },
         )
         .map_err(io_err("cannot start the admin thread"))?;
         log::info!("admin endpoint on http://{addr}/metrics");

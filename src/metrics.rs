@@ -12,7 +12,8 @@
 //! 50 ms housekeeping timer notices and sends a copy over a channel. For a
 //! SIGUSR1 dump the worker sends its *interval* histogram and starts a new one
 //! (HdrHistogram's interval convention: each dump covers the time since the
-//! previous one); scrapes get the cumulative histogram. An idle worker answers
+//! previous one); scrapes get the cumulative histogram, and one cumulative
+//! histogram per upstream group (for the status page's percentiles). An idle worker answers
 //! within one timer period; a busy one pays one histogram copy.
 //!
 //! This module also writes HdrHistogram's percentile-distribution (`.hgrm`)
@@ -116,11 +117,37 @@ pub struct WorkerMetrics {
     pub proxy_protocol_rejected: [Counter; 6],
     /// By global backend id.
     pub backends: Box<[BackendCounters]>,
+    /// By route (every listener's routes in order, see [`route_slots`]):
+    /// responses by status class, as in `responses`.
+    pub routes: Box<[[Counter; 6]]>,
+}
+
+/// Where each listener's routes start in [`WorkerMetrics::routes`], and how
+/// many slots there are in all.
+pub fn route_slots(config: &Config) -> (Vec<usize>, usize) {
+    let mut base = Vec::with_capacity(config.listeners.len());
+    let mut n = 0;
+    for l in &config.listeners {
+        base.push(n);
+        n += l.routes.routes.len();
+    }
+    (base, n)
+}
+
+/// A status code's class index: 1..=5 for 1xx..5xx, 0 for anything else.
+#[inline]
+fn class_of(status: u16) -> usize {
+    let class = (status / 100) as usize;
+    if (1..=5).contains(&class) {
+        class
+    } else {
+        0
+    }
 }
 
 impl WorkerMetrics {
-    /// Counters for `backends` backends.
-    pub fn new(backends: usize) -> Self {
+    /// Counters for `backends` backends and `routes` routes.
+    pub fn new(backends: usize, routes: usize) -> Self {
         WorkerMetrics {
             responses: Default::default(),
             connections_active: Counter::default(),
@@ -132,14 +159,22 @@ impl WorkerMetrics {
             tunnel_bytes_downstream: Counter::default(),
             proxy_protocol_rejected: Default::default(),
             backends: (0..backends).map(|_| BackendCounters::default()).collect(),
+            routes: (0..routes).map(|_| Default::default()).collect(),
         }
     }
 
     /// Counts one response with `status`.
     #[inline]
     pub fn response(&self, status: u16) {
-        let class = (status / 100) as usize;
-        self.responses[if (1..=5).contains(&class) { class } else { 0 }].inc();
+        self.responses[class_of(status)].inc();
+    }
+
+    /// Counts one response with `status` for route slot `slot`.
+    #[inline]
+    pub fn route_response(&self, slot: usize, status: u16) {
+        if let Some(r) = self.routes.get(slot) {
+            r[class_of(status)].inc();
+        }
     }
 
     /// Counters of backend `id` (a dummy for an out-of-range id).
@@ -165,8 +200,50 @@ pub struct Requests {
     pub scrape: AtomicU64,
 }
 
-/// A worker's reply: which epoch it answers, and the histogram.
+/// A worker's reply to a dump: which epoch it answers, and the histogram.
 pub type Reply = (u64, Histogram<u64>);
+
+/// Cumulative latency: every exchange, and per upstream group (by group
+/// index) the exchanges routed to it.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    /// Every exchange.
+    pub all: Histogram<u64>,
+    /// By upstream group index.
+    pub groups: Vec<Histogram<u64>>,
+}
+
+impl Latency {
+    /// Empty histograms for `groups` groups.
+    pub fn new(groups: usize) -> Self {
+        Latency {
+            all: new_histogram(),
+            groups: (0..groups).map(|_| new_histogram()).collect(),
+        }
+    }
+
+    /// Adds `other`'s counts (groups beyond ours are dropped).
+    pub fn add(&mut self, other: &Latency) {
+        let _ = self.all.add(&other.all);
+        for (mine, theirs) in self.groups.iter_mut().zip(&other.groups) {
+            let _ = mine.add(theirs);
+        }
+    }
+
+    /// What was recorded since `earlier` (a previous snapshot of the same
+    /// cumulative counts).
+    pub fn since(&self, earlier: &Latency) -> Latency {
+        let mut d = self.clone();
+        let _ = d.all.subtract(&earlier.all);
+        for (mine, then) in d.groups.iter_mut().zip(&earlier.groups) {
+            let _ = mine.subtract(then);
+        }
+        d
+    }
+}
+
+/// A worker's reply to a scrape: the epoch, and its cumulative latency.
+pub type ScrapeReply = (u64, Latency);
 
 /// The worker side: its histograms and reply channels.
 pub struct WorkerHistograms {
@@ -174,18 +251,30 @@ pub struct WorkerHistograms {
     pub interval: Histogram<u64>,
     /// Since start, excluding `interval`.
     total: Histogram<u64>,
+    /// Since start, by upstream group (never reset). Empty with a single
+    /// group, whose histogram is then the whole one (every recorded
+    /// exchange was routed to it): one record per request, not two.
+    groups: Vec<Histogram<u64>>,
+    /// There is exactly one group.
+    single: bool,
     seen_dump: u64,
     seen_scrape: u64,
     dump_tx: Sender<Reply>,
-    scrape_tx: Sender<Reply>,
+    scrape_tx: Sender<ScrapeReply>,
 }
 
 impl WorkerHistograms {
-    /// A worker's histograms, replying on these channels.
-    pub fn new(dump_tx: Sender<Reply>, scrape_tx: Sender<Reply>) -> Self {
+    /// A worker's histograms for `groups` upstream groups, replying on
+    /// these channels.
+    pub fn new(dump_tx: Sender<Reply>, scrape_tx: Sender<ScrapeReply>, groups: usize) -> Self {
         WorkerHistograms {
             interval: new_histogram(),
             total: new_histogram(),
+            groups: match groups {
+                0 | 1 => Vec::new(),
+                n => (0..n).map(|_| new_histogram()).collect(),
+            },
+            single: groups == 1,
             seen_dump: 0,
             seen_scrape: 0,
             dump_tx,
@@ -193,11 +282,15 @@ impl WorkerHistograms {
         }
     }
 
-    /// Records one request's latency.
+    /// Records one request's latency, and in `group`'s histogram when it
+    /// was routed to one.
     #[inline]
-    pub fn record(&mut self, d: Duration) {
+    pub fn record(&mut self, d: Duration, group: Option<usize>) {
         let us = (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         self.interval.saturating_record(us);
+        if let Some(h) = group.and_then(|g| self.groups.get_mut(g)) {
+            h.saturating_record(us);
+        }
     }
 
     /// Answers pending dump and scrape requests (called from the worker's
@@ -216,7 +309,11 @@ impl WorkerHistograms {
             self.seen_scrape = scrape;
             let mut all = self.total.clone();
             let _ = all.add(&self.interval);
-            let _ = self.scrape_tx.send((scrape, all));
+            let groups = match self.single {
+                true => vec![all.clone()],
+                false => self.groups.clone(),
+            };
+            let _ = self.scrape_tx.send((scrape, Latency { all, groups }));
         }
     }
 }
@@ -244,6 +341,32 @@ pub fn collect(
             }
             Ok(_) => {} // a late answer to an earlier request
             Err(_) => break,
+        }
+    }
+    (merged, got)
+}
+
+/// Collects one scrape reply per worker for `epoch`, waiting at most
+/// `limit`: the merged cumulative latency of `groups` groups, and how many
+/// workers answered.
+pub fn collect_scrape(
+    rx: &Receiver<ScrapeReply>,
+    epoch: u64,
+    workers: usize,
+    groups: usize,
+    limit: Duration,
+) -> (Latency, usize) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut merged = Latency::new(groups);
+    let mut got = 0;
+    while got < workers {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((e, l)) = rx.recv_timeout(left) else {
+            break;
+        };
+        if e == epoch {
+            merged.add(&l);
+            got += 1;
         }
     }
     (merged, got)
@@ -604,7 +727,7 @@ mod tests {
 
     #[test]
     fn counters_and_classes() {
-        let m = WorkerMetrics::new(2);
+        let m = WorkerMetrics::new(2, 1);
         m.response(200);
         m.response(204);
         m.response(502);
@@ -612,6 +735,9 @@ mod tests {
         assert_eq!(m.responses[2].get(), 2);
         assert_eq!(m.responses[5].get(), 1);
         assert_eq!(m.responses[0].get(), 1);
+        m.route_response(0, 404);
+        m.route_response(3, 200); // out of range: ignored
+        assert_eq!(m.routes[0][4].get(), 1);
         m.backend(1).requests.inc();
         m.backend(7).requests.inc(); // out of range: ignored
         assert_eq!(m.backend(1).requests.get(), 1);
@@ -621,22 +747,54 @@ mod tests {
     fn interval_dumps_reset_but_scrapes_accumulate() {
         let (dtx, drx) = std::sync::mpsc::channel();
         let (stx, srx) = std::sync::mpsc::channel();
-        let mut w = WorkerHistograms::new(dtx, stx);
+        let mut w = WorkerHistograms::new(dtx, stx, 2);
         let req = Requests::default();
         for _ in 0..5 {
-            w.record(Duration::from_micros(100));
+            w.record(Duration::from_micros(100), Some(1));
         }
         req.dump.store(1, Ordering::Release);
         w.answer(&req);
         let (h, n) = collect(&drx, 1, 1, Duration::from_secs(1));
         assert_eq!((h.len(), n), (5, 1));
         for _ in 0..3 {
-            w.record(Duration::from_micros(100));
+            w.record(Duration::from_micros(100), None);
         }
         req.dump.store(2, Ordering::Release);
         req.scrape.store(1, Ordering::Release);
         w.answer(&req);
         assert_eq!(collect(&drx, 2, 1, Duration::from_secs(1)).0.len(), 3);
-        assert_eq!(collect(&srx, 1, 1, Duration::from_secs(1)).0.len(), 8);
+        let (l, n) = collect_scrape(&srx, 1, 1, 2, Duration::from_secs(1));
+        assert_eq!(
+            (l.all.len(), l.groups[0].len(), l.groups[1].len(), n),
+            (8, 0, 5, 1)
+        );
+    }
+
+    #[test]
+    fn a_single_group_reports_the_whole_histogram_as_its_own() {
+        let (dtx, _drx) = std::sync::mpsc::channel();
+        let (stx, srx) = std::sync::mpsc::channel();
+        let mut w = WorkerHistograms::new(dtx, stx, 1);
+        w.record(Duration::from_micros(100), Some(0));
+        w.record(Duration::from_micros(300), Some(0));
+        let req = Requests::default();
+        req.scrape.store(1, Ordering::Release);
+        w.answer(&req);
+        let (l, _) = collect_scrape(&srx, 1, 1, 1, Duration::from_secs(1));
+        assert_eq!((l.all.len(), l.groups[0].len()), (2, 2));
+        assert_eq!(l.groups[0].max(), l.all.max());
+    }
+
+    #[test]
+    fn latency_since_an_earlier_snapshot_is_the_difference() {
+        let mut before = Latency::new(1);
+        before.all.saturating_record(10);
+        before.groups[0].saturating_record(10);
+        let mut now = before.clone();
+        now.all.saturating_record(500);
+        now.groups[0].saturating_record(500);
+        let d = now.since(&before);
+        assert_eq!((d.all.len(), d.groups[0].len()), (1, 1));
+        assert_eq!(d.all.value_at_quantile(0.5), d.all.highest_equivalent(500));
     }
 }

@@ -22,7 +22,7 @@ use crate::access_log;
 use crate::config::Config;
 use crate::health::HealthMap;
 use crate::idle::IdleTimers;
-use crate::metrics::{Reply, WorkerHistograms, WorkerMetrics};
+use crate::metrics::{Reply, ScrapeReply, WorkerHistograms, WorkerMetrics};
 use crate::park::ParkingLot;
 use crate::route::{PathScratch, Routes};
 use crate::upstream::{Registry, Upstreams};
@@ -62,7 +62,7 @@ pub(crate) struct WorkerLinks {
     /// Where SIGUSR1 dumps go.
     pub(crate) dump_tx: std::sync::mpsc::Sender<Reply>,
     /// Where scrape snapshots go.
-    pub(crate) scrape_tx: std::sync::mpsc::Sender<Reply>,
+    pub(crate) scrape_tx: std::sync::mpsc::Sender<ScrapeReply>,
     /// The access log's format and channel, when configured.
     pub(crate) access: Option<(access_log::Format, access_log::WorkerLink)>,
     /// Seeds this worker's random draws (random and p2c balancing).
@@ -107,6 +107,8 @@ pub(crate) struct Shard {
     pub(crate) upstreams: RefCell<Upstreams>,
     /// Per listener: where its requests go.
     pub(crate) routes: Vec<Routes>,
+    /// Per listener: its first route's slot in the per-route counters.
+    route_base: Vec<usize>,
     /// Scratch space for rewritten request paths.
     pub(crate) scratch: RefCell<PathScratch>,
     /// Client connections currently open on this worker.
@@ -146,8 +148,10 @@ impl Shard {
             links.metrics.clone(),
             links.seed,
         );
+        let hist = WorkerHistograms::new(links.dump_tx, links.scrape_tx, config.upstreams.len());
         Shard {
             routes: config.listeners.iter().map(Routes::from_listener).collect(),
+            route_base: crate::metrics::route_slots(&config).0,
             scratch: RefCell::default(),
             listener_tls: config
                 .listeners
@@ -173,7 +177,7 @@ impl Shard {
             lot: ParkingLot::new(),
             clock: Cell::new(Instant::now()),
             metrics: links.metrics,
-            hist: RefCell::new(WorkerHistograms::new(links.dump_tx, links.scrape_tx)),
+            hist: RefCell::new(hist),
             access: links.access.map(|(format, link)| {
                 RefCell::new(AccessState {
                     log: access_log::WorkerLog::new(format),
@@ -249,11 +253,17 @@ impl Shard {
         }
     }
 
-    /// Records one exchange: its latency (when `record`), and its access-log
+    /// Records one exchange: its latency (when `record`, also in its
+    /// group's histogram), its route's status count, and its access-log
     /// line when logging.
     pub(crate) fn finish(&self, done: Finished, record: bool) {
+        let group = done.route.and_then(|(l, r)| {
+            let slot = self.route_base.get(l)? + r;
+            self.metrics.route_response(slot, done.status);
+            self.routes.get(l)?.group(r)
+        });
         if record {
-            self.hist.borrow_mut().record(done.elapsed);
+            self.hist.borrow_mut().record(done.elapsed, group);
         }
         let Some(fields) = done.fields else { return };
         let Some(a) = &self.access else { return };

@@ -386,7 +386,7 @@ mod size_tests {
         let (dtx, _drx) = std::sync::mpsc::channel();
         let (stx, _srx) = std::sync::mpsc::channel();
         let links = WorkerLinks {
-            metrics: Arc::new(crate::metrics::WorkerMetrics::new(1)),
+            metrics: Arc::new(crate::metrics::WorkerMetrics::new(1, 1)),
             dump_tx: dtx,
             scrape_tx: stx,
             access: None,

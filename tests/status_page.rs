@@ -1,9 +1,11 @@
 //! The status page (`GET /` and `GET /stats` on the admin address) in a real
 //! browser: headless Chromium driven through chromedriver's W3C WebDriver
 //! HTTP API, spoken directly (JSON over a std `TcpStream`). Checks the DOM
-//! while traffic flows: every backend with its state, request counts rising,
-//! a killed origin shown down, a drain clicked in the page reaching the API,
-//! the admin token asked for, sent and never stored; and that names from the configuration render as text, never as markup.
+//! while traffic flows: every backend with its state and last check, request
+//! counts rising, latency percentiles, workers and routes, a killed origin
+//! shown down and, back, in slow start, a drain clicked in the page reaching
+//! the API, the admin token asked for, sent and never stored; and that names
+//! and route paths from the configuration render as text, never as markup.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them); without them the tests fail, saying so. With
@@ -84,7 +86,7 @@ mod webdriver {
                         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                         "--no-first-run", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync",
-                        "--window-size=1600,760",
+                        "--window-size=1700,1000",
                         format!("--user-data-dir={profile}"),
                     ],
                 },
@@ -232,8 +234,21 @@ return {
     health: tr.querySelector("td.health").textContent,
     state: tr.querySelector("td.state").textContent,
     requests: Number(tr.querySelector("td.requests").textContent),
+    last_check: tr.querySelector("td.last_check").textContent,
   })),
 };"#;
+
+/// The page's other tables: latency lines, workers, routes.
+const READ_PAGE: &str = r##"
+const cells = tr => Array.from(tr.querySelectorAll("td")).map(td => td.textContent);
+return {
+  polls: Number(document.body.dataset.polls || 0),
+  latency: document.getElementById("latency").textContent,
+  group_latency: Array.from(document.querySelectorAll("section.group p.latency")).map(p => p.textContent),
+  workers: Array.from(document.querySelectorAll("#workers tbody tr")).map(cells),
+  routes: Array.from(document.querySelectorAll("#routes tbody tr")).map(cells),
+  meta: document.getElementById("meta").textContent,
+};"##;
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -264,6 +279,8 @@ fn the_page_shows_backends_live_and_drains_through_the_api() {
         .threads(2)
         .admin(admin_port)
         .health_check(&[("interval_ms", "200"), ("fall", "2")])
+        .group_extra("slow_start_ms: 30000")
+        .routes("- { host: shop.example, path_prefix: /cart, upstream: web }\n- { upstream: web }")
         .start();
     let load = Load::start(lbd.port, 4);
     let browser = Browser::start();
@@ -298,7 +315,72 @@ fn the_page_shows_backends_live_and_drains_through_the_api() {
             row(&later, addr)["requests"].as_u64(),
         );
         assert!(after > before, "{addr}: {before:?} -> {after:?}");
+        let checked = row(&later, addr)["last_check"].as_str().unwrap_or("");
+        assert!(
+            checked.starts_with("passed ") && checked.ends_with(" s ago"),
+            "{later}"
+        );
     }
+
+    // Latency percentiles of the last interval, per process and group;
+    // every worker with its share; each route with its host, path and
+    // rising counts; the process facts.
+    let page = wait_for(Duration::from_secs(5), "latency figures", || {
+        let v = browser.execute(READ_PAGE);
+        v["latency"]
+            .as_str()
+            .is_some_and(|l| l.contains("in the last"))
+            .then_some(v)
+    });
+    let lat = page["latency"].as_str().unwrap_or("");
+    for p in ["p50 ", "p90 ", "p99 ", "p99.9 "] {
+        assert!(lat.contains(p), "{page}");
+    }
+    assert!(lat.contains("µs") || lat.contains("ms"), "{page}");
+    assert!(
+        page["group_latency"][0]
+            .as_str()
+            .is_some_and(|l| l.contains("p99 ") && l.contains("requests in the last")),
+        "{page}"
+    );
+    assert_eq!(page["workers"].as_array().map(Vec::len), Some(2), "{page}");
+    let routes = page["routes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(routes.len(), 2, "{page}");
+    let cells = |r: &Value, from: usize, to: usize| -> Vec<Value> {
+        r.as_array()
+            .map(|c| c[from..to].to_vec())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        cells(&routes[0], 1, 5),
+        [
+            json!("routes[0]"),
+            json!("shop.example"),
+            json!("/cart"),
+            json!("web")
+        ],
+        "{page}"
+    );
+    assert_eq!(
+        cells(&routes[1], 2, 4),
+        [json!("any"), json!("any")],
+        "{page}"
+    );
+    let served = |v: &Value| {
+        v["routes"][1][5]
+            .as_str()
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let before = served(&page);
+    wait_for(Duration::from_secs(5), "route counts rising", || {
+        (served(&browser.execute(READ_PAGE)) > before).then_some(())
+    });
+    let meta = page["meta"].as_str().unwrap_or("");
+    assert!(
+        meta.contains("2 workers") && meta.contains("config "),
+        "{page}"
+    );
+    assert!(meta.contains("no upgrade since"), "{page}");
 
     if let Ok(path) = std::env::var("LBD_SCREENSHOT") {
         // Rates over full intervals, and some sparkline history.
@@ -319,6 +401,13 @@ fn the_page_shows_backends_live_and_drains_through_the_api() {
         },
     );
     eprintln!("killed origin shown down after {:?}", killed.elapsed());
+    let v = browser.execute(READ_ROWS);
+    assert!(
+        row(&v, &addr_a)["last_check"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("failed ")),
+        "{v}"
+    );
 
     // Drain clicked in the page: the page and the API agree.
     browser.click(&format!(
@@ -351,6 +440,15 @@ fn the_page_shows_backends_live_and_drains_through_the_api() {
         let v = browser.execute(READ_ROWS);
         (row(&v, &addr_b)["state"] == "active").then_some(())
     });
+
+    // a comes back: up again, ramping its weight (slow start), in words.
+    let _a = Origin::start_at("a2", addr_a.parse().expect("address"));
+    let ramp = wait_for(Duration::from_secs(5), "a shown in slow start", || {
+        let v = browser.execute(READ_ROWS);
+        let h = row(&v, &addr_a)["health"].as_str().unwrap_or("").to_owned();
+        h.starts_with("up, slow start (").then_some(h)
+    });
+    assert!(ramp.ends_with(" s left)"), "{ramp}");
     drop(load.finish());
 }
 
@@ -360,8 +458,14 @@ fn names_from_the_config_render_as_text() {
     let admin_port = free_port();
     let evil = r#"<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'q"#;
     // A second group, named with markup (YAML single-quoted: `''` is `'`).
+    // A route whose path prefix is markup (route paths reject spaces, so
+    // the tag uses `/` between its attributes, which HTML allows).
+    let evil_path = "/<img/src=x/onerror=window.pwned=3>";
     let lbd = LbdConf::front(&[a.port])
         .admin(admin_port)
+        .routes(&format!(
+            "- {{ path_prefix: '{evil_path}', upstream: web }}\n- {{ upstream: web }}"
+        ))
         .upstream(
             &format!("'{}'", evil.replace('\'', "''")),
             &format!("backends:\n  - 127.0.0.1:{}", a.port),
@@ -394,6 +498,13 @@ fn names_from_the_config_render_as_text() {
             .is_some_and(|h| h.iter().any(|h| h == &json!(format!("upstream {evil}")))),
         "the name is shown literally: {shown}"
     );
+    let paths = wait_for(Duration::from_secs(5), "the routes drawn", || {
+        let v = browser.execute(
+            "return Array.from(document.querySelectorAll('#routes tbody tr td:nth-child(4)')).map(td => td.textContent);",
+        );
+        (v.as_array().map(Vec::len) == Some(2)).then_some(v)
+    });
+    assert_eq!(paths[0], json!(evil_path), "the path is shown literally");
     std::thread::sleep(Duration::from_millis(300));
     let dom = browser.execute(
         "return {pwned: window.pwned === undefined ? null : window.pwned, \

@@ -75,6 +75,10 @@ pub struct RouteConfig {
     /// How the route is named in the access log: `routes[i]`, or `default`
     /// for the `upstream:` shorthand.
     pub name: String,
+    /// `host:` as written (for the status page; matching uses the table).
+    pub host: Option<String>,
+    /// `path_prefix:` as written (for the status page).
+    pub path_prefix: Option<String>,
 }
 
 /// A listener's routes: the table and each route's options (by route index).
@@ -135,6 +139,8 @@ pub(super) fn validate(
             remove_request_headers: removals(r, &key)?,
             add_response_headers: headers(&r.add_response_headers, &key("add_response_headers"))?,
             name: format!("routes[{j}]"),
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
         });
     }
     let table = RouteTable::new(specs).map_err(|e| {

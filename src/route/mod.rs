@@ -61,6 +61,11 @@ impl Routes {
         &self.routes.routes[route]
     }
 
+    /// The upstream group route `route` sends to.
+    pub(crate) fn group(&self, route: usize) -> Option<usize> {
+        (route < self.routes.routes.len()).then(|| self.routes.table.target(route))
+    }
+
     /// A route's name for the access log (`routes[i]`); `None` for the
     /// `upstream:` shorthand, whose lines stay as they were. A `routes:`
     /// list of one default route is still named (`routes[0]`).
