@@ -19,6 +19,10 @@
 #                  interleaved; CPU µs/request of both and their ratio. Needs
 #                  only wrk, lbd and examples/origin (builds what is missing;
 #                  other options go to churn.py: --runs, --duration, --cpus ...)
+#   --tls          TLS listeners instead (bench.py --tls): lbd, nginx and HAProxy
+#                  with one ECDSA P-256 certificate, plain origins; tls-ka-*
+#                  and tls-close-small (a full handshake per request); ×nginx
+#                  column
 #   --pingora      add Pingora's load balancer (bench/pingora-lb, crate pingora
 #                  with the lb feature) to the contenders; builds it first when
 #                  missing (about 5 minutes, needs cmake), except in --quick,
