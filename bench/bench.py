@@ -573,6 +573,23 @@ class Bench:
         }
         return r
 
+    def resume_run(self, port, duration):
+        """tls_resume.py: a new TLS connection per request, each resuming the
+        session (wrk resumes none)."""
+        cmd = ["taskset", "-c", self.load_cpus, sys.executable, os.path.join(BENCH, "tls_resume.py"),
+               str(port), str(duration), "2"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+        m = re.search(r"^RESULT (.*)$", out, re.M)
+        if not m:
+            raise RuntimeError(f"tls_resume.py printed no RESULT line:\n{out}")
+        kv = dict(x.split("=") for x in m.group(1).split())
+        n = int(kv["requests"])
+        if int(kv["resumed"]) < 0.95 * n:
+            self.note(f"tls-resume on port {port}: only {kv['resumed']} of {n} connections resumed")
+        return {"requests": n, "rps": n / (int(kv["duration_us"]) / 1e6),
+                "p50_us": float(kv["p50_us"]), "p99_us": float(kv["p99_us"]), "p99.9_us": float(kv["p99.9_us"]),
+                "errors": int(kv["errors"]), "non2xx": int(kv["non2xx"]), "resumed": int(kv["resumed"])}
+
     def oha_run(self, port, duration, rate):
         cmd = ["taskset", "-c", self.load_cpus, self.oha, "-z", f"{duration}s", "-c", str(self.a.connections),
                "-q", str(rate), "--latency-correction", "--no-tui", "--output-format", "json",
@@ -727,6 +744,9 @@ class Bench:
                         # quick: the keep-alive runs just warmed the servers up
                         self.interleaved(started, f"{pre}close-small", lambda port: self.wrk(port, cd, close),
                                          None if a.quick else (lambda port: self.wrk(port, a.warmup, close)))
+                        if self.tls:
+                            self.interleaved(started, "tls-resume-small", lambda port: self.resume_run(port, cd),
+                                             lambda port: self.resume_run(port, 1))
                         if a.idle and not self.tls:
                             for name, srv, port in started:
                                 self.idle(name, srv, port)
