@@ -609,3 +609,34 @@ fn session_tickets_can_be_turned_off_and_a_bad_value_names_the_key() {
         .expect_failure();
     assert!(err.contains("session_tickets"), "{err}");
 }
+
+#[test]
+fn a_closing_tls_connection_ends_with_close_notify() {
+    // Without close_notify, OpenSSL 3 clients report "unexpected eof" and
+    // never resume the session; rustls reports UnexpectedEof on read.
+    let dir = unique_temp_dir("tls-close");
+    let ca = Ca::new(&dir, "close");
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let lbd = LbdConf::front(&[origin.port])
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let conn = rustls::ClientConnection::new(
+        client_config(&ca.ca_file()),
+        ServerName::try_from("lb.test").unwrap(),
+    )
+    .unwrap();
+    let s = TcpStream::connect(("127.0.0.1", lbd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let read = std::io::Read::read_to_end(&mut tls, &mut all);
+    assert!(read.is_ok(), "a clean TLS end expected: {read:?}");
+    assert!(all.starts_with(b"HTTP/1.1 200"), "{all:?}");
+}

@@ -115,6 +115,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, mut info: ConnInfo) 
             Next::Keep => cbuf = Some(cb),
             Next::Close => {
                 cb.release();
+                let limit = shard.config.limits.client_write_timeout.min(LINGER_TIMEOUT);
+                client.close_notify(limit).await;
                 return End::Closed;
             }
             Next::Linger => {
