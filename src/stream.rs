@@ -328,6 +328,11 @@ impl Stream {
         }
     }
 
+    /// A TLS connection?
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
     /// Before closing a TLS connection: sends `close_notify`, so the client
     /// sees a clean end (OpenSSL 3 reports a close without one as an
     /// "unexpected eof" and will not resume that session). Best effort,
