@@ -317,11 +317,11 @@ http {{
 """
 
 
-def nginx_proxy_conf(work, cpu_mask, port, backends, tls=None):
+def nginx_proxy_conf(work, cpu_mask, port, backends, tls=None, h2=False):
     ups = "".join(f"        server 127.0.0.1:{b};\n" for b in backends)
     # TLS as nginx's documentation recommends for a busy server: a shared
     # session cache and tickets (both on), the same ECDSA P-256 certificate.
-    ssl = "" if not tls else f"""ssl;
+    ssl = "" if not tls else f"""ssl{' http2' if h2 else ''};
         ssl_certificate {tls['cert']};
         ssl_certificate_key {tls['key']};
         ssl_session_cache shared:SSL:10m;
@@ -370,7 +370,7 @@ def nofile_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def haproxy_conf(port, backends, tls=None):
+def haproxy_conf(port, backends, tls=None, h2=False):
     # HAProxy refuses to start when 2 x maxconn does not fit RLIMIT_NOFILE.
     maxconn = min(25000, (nofile_limit() - 200) // 2)
     srv = "".join(f"    server o{i} 127.0.0.1:{b}\n" for i, b in enumerate(backends))
@@ -390,7 +390,7 @@ defaults
     http-reuse always
 
 frontend fe
-    bind 127.0.0.1:{port}{" ssl crt " + tls["pem"] if tls else ""}
+    bind 127.0.0.1:{port}{" ssl crt " + tls["pem"] if tls else ""}{" alpn h2,http/1.1" if h2 else ""}
     default_backend be
 
 backend be
@@ -526,13 +526,13 @@ class Bench:
         elif name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             with open(conf, "w") as f:
-                f.write(nginx_proxy_conf(self.work, cpu_mask(self.proxy_cpus), port, backends, self.tls))
+                f.write(nginx_proxy_conf(self.work, cpu_mask(self.proxy_cpus), port, backends, self.tls, self.a.h2))
             s = Server("nginx-proxy", ["nginx", "-p", self.work, "-e", f"{self.work}/nginx-proxy.err", "-c", conf],
                        self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
         elif name == "haproxy":
             conf = os.path.join(self.work, "haproxy.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, backends, self.tls))
+                f.write(haproxy_conf(port, backends, self.tls, self.a.h2))
             s = Server("haproxy", ["haproxy", "-db", "-f", conf], self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
         elif name == "pingora":
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
@@ -572,6 +572,29 @@ class Bench:
             "non2xx": int(non2xx.group(1)) if non2xx else int(kv["err_status"]),
         }
         return r
+
+    def h2load_run(self, port, duration):
+        """h2load over TLS (ALPN h2): 4 connections with 16 concurrent
+        streams each, 64 requests in flight as with wrk's 64 connections."""
+        cmd = ["taskset", "-c", self.load_cpus, "h2load", "-c", "4", "-m", "16", "-t", "1",
+               "-D", str(duration), f"https://127.0.0.1:{port}/"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+        m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                      r"(\d+) errored, (\d+) timeout", out)
+        t = re.search(r"finished in ([\d.]+)s", out)
+        proto = re.search(r"Application protocol: (\S+)", out)
+        if not m or not t:
+            raise RuntimeError(f"h2load printed no summary:\n{out[-800:]}")
+        if not proto or proto.group(1) != "h2":
+            self.note(f"h2load on port {port} negotiated {proto.group(1) if proto else 'nothing'}, not h2")
+        done, ok = int(m.group(3)), int(m.group(4))
+        codes = re.search(r"status codes: (\d+) 2xx", out)
+        mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+        scale = {"us": 1, "ms": 1e3, "s": 1e6}
+        return {"requests": done, "rps": done / float(t.group(1)),
+                "errors": int(m.group(5)) + int(m.group(6)) + int(m.group(7)),
+                "non2xx": ok - (int(codes.group(1)) if codes else 0),
+                "mean_us": float(mean.group(1)) * scale[mean.group(2)] if mean else None}
 
     def resume_run(self, port, duration):
         """A new TLS connection per request, each resuming the first
@@ -735,6 +758,18 @@ class Bench:
         sizes = [x for x in sizes if x != "none"]
         d = a.duration
         pre = "tls-" if self.tls else ""
+        if a.h2:
+            try:
+                started = self.start_all("small")
+                try:
+                    self.interleaved(started, "h2-ka-small", lambda port: self.h2load_run(port, d),
+                                     lambda port: self.h2load_run(port, a.warmup))
+                finally:
+                    self.stop_all(started)
+            finally:
+                for o in self.origins:
+                    o.stop()
+            return
         try:
             for size in sizes:
                 started = self.start_all(size)
@@ -1009,6 +1044,9 @@ def main():
     ap.add_argument("--pingora", action="store_true",
                     help="add pingora to the contenders, also in --quick (bench/run.sh --pingora builds it)")
     ap.add_argument("--no-rate", action="store_true", help="skip the oha fixed-rate scenarios")
+    ap.add_argument("--h2", action="store_true",
+                    help="HTTP/2 over TLS instead (implies --tls): h2load, 4 connections x 16 streams, lbd, nginx "
+                         "(listen ... ssl http2) and haproxy (alpn h2,http/1.1), HTTP/1.1 to the origins: h2-ka-small")
     ap.add_argument("--tls", action="store_true",
                     help="TLS listeners (one ECDSA P-256 certificate for all; lbd, nginx, haproxy; plain origins): "
                          "tls-ka-* and tls-close-small (a full handshake per request: wrk resumes no session)")
@@ -1018,6 +1056,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     ap.add_argument("--render", metavar="JSON", help="only print the table and redraw the SVG of a results file")
     a = ap.parse_args()
+    if a.h2:
+        a.tls = True
     if a.render:
         with open(a.render) as f:
             doc = json.load(f)
@@ -1078,7 +1118,7 @@ def main():
         print("note:", n)
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = ("tls-" if a.tls else "") + ("quick" if a.quick else "full")
+    mode = ("h2-" if a.h2 else "tls-" if a.tls else "") + ("quick" if a.quick else "full")
     doc = {"when": stamp, "mode": mode, "elapsed_s": round(time.time() - t0, 1), "machine": machine(),
            "settings": {k: v for k, v in vars(a).items() if k != "out"}, "notes": b.notes, "results": b.results}
     # latest.json is the latest full run (what bench/results/ is committed
