@@ -388,6 +388,17 @@ struct RawListener {
     /// The request-id header. Default: the top-level key.
     #[serde(default)]
     request_id: Option<forwarding::RawRequestId>,
+    /// Serve HTTP/2: ALPN `h2` on a TLS listener (default on), h2c with
+    /// prior knowledge on a plain one (default off).
+    #[serde(default)]
+    http2: Option<bool>,
+    /// Most concurrent streams per HTTP/2 connection. Default 128.
+    #[serde(default)]
+    http2_max_concurrent_streams: Option<u32>,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY
+    /// and is closed. Default: `keepalive_timeout_ms`.
+    #[serde(default)]
+    http2_idle_timeout_ms: Option<u64>,
 }
 
 /// `listeners`: at least one, each checked in order.
@@ -455,13 +466,43 @@ impl RawListener {
             request_id: self.request_id.as_ref(),
         };
         let forwarding = forwarding::listener(i, &raw, defaults)?;
+        let http2 = self.http2(i, tls.is_some())?;
         Ok(ListenerConfig {
             address,
             routes,
             backlog,
             tls,
             forwarding,
+            http2,
         })
+    }
+
+    /// `listeners[i].http2` (default: on with `tls`, off without),
+    /// `http2_max_concurrent_streams` (1 to 10000, default 128),
+    /// `http2_idle_timeout_ms` (1 to 3600000).
+    fn http2(&self, i: usize, tls: bool) -> Result<Option<Http2Config>, ConfigError> {
+        let max_concurrent_streams = in_range(
+            format!("listeners[{i}].http2_max_concurrent_streams"),
+            self.http2_max_concurrent_streams.unwrap_or(128),
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        let idle_timeout = self
+            .http2_idle_timeout_ms
+            .map(|ms| {
+                in_range(
+                    format!("listeners[{i}].http2_idle_timeout_ms"),
+                    ms,
+                    1..=3_600_000,
+                    "must be 1 to 3600000",
+                )
+                .map(Duration::from_millis)
+            })
+            .transpose()?;
+        Ok(self.http2.unwrap_or(tls).then_some(Http2Config {
+            max_concurrent_streams,
+            idle_timeout,
+        }))
     }
 
     /// `listeners[i].upstream`: the group's index in name order; optional
@@ -1201,6 +1242,17 @@ pub struct ListenerConfig {
     pub tls: Option<(crate::tls::TlsMaterial, Duration)>,
     /// PROXY protocol in, forwarding headers, trusted proxies, request ids.
     pub forwarding: ListenerForwarding,
+    /// HTTP/2 (ALPN `h2` with TLS, h2c prior knowledge without), if on.
+    pub http2: Option<Http2Config>,
+}
+
+/// A listener's HTTP/2 settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Config {
+    /// `http2_max_concurrent_streams`: SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// `http2_idle_timeout_ms`, if set (else `keepalive_timeout_ms`).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A validated upstream group.
