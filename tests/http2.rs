@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{assert_body_eq, pattern, unique_temp_dir, LbdConf, Origin};
+use support::{assert_body_eq, free_port, http_get, pattern, unique_temp_dir, LbdConf, Origin};
 
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
@@ -114,10 +114,27 @@ fn h2c_is_off_by_default_on_plain_listeners() {
     assert_eq!(lbd.client().get("/").status, 200);
 }
 
+/// The value of the first sample of metric `name` (with its labels, if
+/// given in `name`) at the admin address.
+fn metric(admin: u16, name: &str) -> f64 {
+    let (_, text) = http_get(admin, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
 #[test]
 fn h2load_100_streams_on_one_connection_across_two_backends() {
     let (a, b) = (Origin::start("a"), Origin::start("b"));
-    let lbd = h2c(&[&a, &b]).start();
+    let admin = free_port();
+    let dir = tmp("h2-load");
+    let log = dir.join("access.log");
+    let lbd = h2c(&[&a, &b])
+        .admin(admin)
+        .top(&format!("access_log:\n  path: {}\n", log.display()))
+        .start();
     let url = format!("http://127.0.0.1:{}/", lbd.port);
     let out = Command::new("h2load")
         .args(["-n", "1000", "-c", "1", "-m", "100", &url])
@@ -138,6 +155,28 @@ fn h2load_100_streams_on_one_connection_across_two_backends() {
         a.requests(),
         b.requests()
     );
+    // Streams count like HTTP/1 requests, in metrics and the access log.
+    assert_eq!(metric(admin, "lbd_http2_connections_total"), 1.0);
+    assert_eq!(metric(admin, "lbd_http2_streams_total"), 1000.0);
+    assert_eq!(metric(admin, "lbd_requests_total{code=\"2xx\"}"), 1000.0);
+    let t = Instant::now();
+    let text = loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 1000 {
+            break text;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "only:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(text.lines().count(), 1000);
+    assert!(
+        text.lines()
+            .all(|l| l.contains("\"GET / HTTP/2.0\" 200 1 ")),
+        "{}",
+        text.lines().next().unwrap_or_default()
+    );
+    drop(lbd);
+    let _ = fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -187,6 +226,55 @@ fn ten_mib_upload_and_download_byte_exact() {
         assert_body_eq(&fs::read(dir.join(path)).unwrap(), &body, path);
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+/// A keep-alive HTTP/1.1 origin whose every response is chunked with a
+/// trailer section: `hello` then `X-Checksum: abc` and `X-Count: 5`.
+fn trailer_origin() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    // The head, to its empty line (GETs, no body).
+                    loop {
+                        line.clear();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                                5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Count: 5\r\n\r\n";
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn trailers_of_a_chunked_response_become_http2_trailers() {
+    let port = trailer_origin();
+    let lbd = LbdConf::front(&[port])
+        .listener_extra("http2: true")
+        .start();
+    for _ in 0..2 {
+        let w = h2client(lbd.port, &["get", "/"]);
+        assert_eq!(word(&w, "status"), "200", "{w:?}");
+        assert_eq!(word(&w, "body"), "5", "{w:?}");
+        assert_eq!(word(&w, "trailers"), "x-checksum:abc,x-count:5", "{w:?}");
+        assert_eq!(word(&w, "ended"), "True", "{w:?}");
+    }
 }
 
 #[test]

@@ -39,6 +39,7 @@ use crate::buffer::{self, InBuf};
 use crate::config::HeaderPair;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::body::Body;
+use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{Parsed, RequestHead};
 use crate::http::response::ResponseView;
 use crate::http::rewrite::{
@@ -185,6 +186,7 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
             return;
         }
     };
+    shard.metrics.http2_connections_total.inc();
     let conn = Rc::new(conn);
     let open = Rc::new(Cell::new(0usize));
     let mut active_at = Instant::now();
@@ -204,6 +206,7 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
                 break;
             }
             Some(Some(Ok((req, respond)))) => {
+                shard.metrics.http2_streams_total.inc();
                 open.set(open.get() + 1);
                 let (shard, conn, open) = (shard.clone(), conn.clone(), open.clone());
                 monoio::spawn(async move {
@@ -275,7 +278,7 @@ async fn stream(
             let status = err.status().unwrap_or(400);
             let finished = Finished {
                 peer,
-                fields: shard.access_fields(&head),
+                fields: access_fields(shard, &head),
                 status,
                 body_bytes: 0,
                 elapsed: std::time::Duration::ZERO,
@@ -290,7 +293,7 @@ async fn stream(
             return;
         }
     };
-    let mut fields = shard.access_fields(&head[..rhead.head_len]);
+    let mut fields = access_fields(shard, &head[..rhead.head_len]);
     buffer::give(head);
     let listener = &shard.config.listeners[conn.info.listener];
     if let Some(f) = &mut fields {
@@ -315,6 +318,8 @@ async fn stream(
         pending: None,
         remaining: None,
         ended: false,
+        chunks: None,
+        trailers: Vec::new(),
         add_response_headers: &routes.config(route.index).add_response_headers,
         request_id: listener
             .forwarding
@@ -384,6 +389,18 @@ async fn stream(
             }
         }
     }
+}
+
+/// The access-log fields of a stream from its rebuilt head, the request
+/// line saying `HTTP/2.0`.
+fn access_fields(shard: &Shard, head: &[u8]) -> Option<crate::access_log::Fields> {
+    let mut f = shard.access_fields(head)?;
+    if let Some(n) = f.request_line.len().checked_sub(3) {
+        if f.request_line.ends_with(b" HTTP/1.1") {
+            f.request_line[n..].copy_from_slice(b"2.0");
+        }
+    }
+    Some(f)
 }
 
 /// Sends a bodiless response with `status` (lbd's own answer).
@@ -496,6 +513,11 @@ struct H2Exchange<'a> {
     remaining: Option<u64>,
     /// END_STREAM was sent.
     ended: bool,
+    /// A chunked response body: its decoder (the body arrives verbatim, so
+    /// that its trailers become HTTP/2 trailers).
+    chunks: Option<ChunkedDecoder>,
+    /// The trailer section read so far.
+    trailers: Vec<u8>,
     /// The route's `add_response_headers`.
     add_response_headers: &'a [HeaderPair],
     /// The request id echoed in the response: header name and value.
@@ -545,6 +567,86 @@ impl H2Exchange<'_> {
             send.send_data(chunk, eos).map_err(client_h2)?;
         }
         Ok(())
+    }
+}
+
+impl H2Exchange<'_> {
+    /// Sends the chunk data in `bytes` (verbatim chunked framing, already
+    /// checked by the proxy's own decoder) as DATA frames; at the end of the
+    /// body, its trailers as a trailing HEADERS frame (or an empty
+    /// END_STREAM DATA frame). Framing bytes are stepped through one at a
+    /// time, so trailer bytes are told from framing.
+    async fn write_chunked(&mut self, bytes: &[u8]) -> Result<(), ProxyError> {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(dec) = self.chunks.as_mut() else {
+                return Ok(());
+            };
+            if dec.is_done() {
+                break;
+            }
+            let trailer = dec.in_trailers();
+            let limit = if dec.in_data() { bytes.len() } else { pos + 1 };
+            let step = dec
+                .step(&bytes[pos..limit])
+                .map_err(|e| ProxyError::upstream(ErrorKind::BadResponseBody(e)))?;
+            let done = dec.is_done();
+            if trailer {
+                self.trailers
+                    .extend_from_slice(&bytes[pos..pos + step.consumed]);
+            }
+            if let Some(r) = step.data {
+                let data = Bytes::copy_from_slice(&bytes[pos + r.start..pos + r.end]);
+                self.send_body(data, false).await?;
+            }
+            pos += step.consumed;
+            if done {
+                return self.end_with_trailers();
+            }
+            if step.consumed == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: with the trailer section read, as HTTP/2 trailers,
+    /// if it holds any field lbd may pass on; else with an empty DATA frame.
+    fn end_with_trailers(&mut self) -> Result<(), ProxyError> {
+        let Some(send) = self.send.as_mut() else {
+            return Ok(());
+        };
+        self.ended = true;
+        let mut map = ::http::HeaderMap::new();
+        for line in self.trailers.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = crate::http::trim_ows(&line[colon + 1..]);
+            let (Ok(name), Ok(value)) = (
+                ::http::HeaderName::from_bytes(&line[..colon]),
+                ::http::HeaderValue::from_bytes(value),
+            ) else {
+                continue;
+            };
+            // Fields that must not be trailers (RFC 9110 §6.5.1), and
+            // connection-specific ones.
+            if connection_specific(&name, &value)
+                || name == ::http::header::TE
+                || name == ::http::header::CONTENT_LENGTH
+                || name == ::http::header::HOST
+            {
+                continue;
+            }
+            map.append(name, value);
+        }
+        self.trailers = Vec::new();
+        if map.is_empty() {
+            send.send_data(Bytes::new(), true).map_err(client_h2)
+        } else {
+            send.send_trailers(map).map_err(client_h2)
+        }
     }
 }
 
@@ -679,11 +781,11 @@ impl Downstream for H2Exchange<'_> {
             Framing::Chunked | Framing::UntilClose => None,
         };
         self.pending = Some(response);
-        ClientHead {
-            // DATA frames carry the body without chunked framing.
-            dechunk: resp.head.framing == Framing::Chunked,
-            close_client: false,
-        }
+        // A chunked body comes verbatim and is de-chunked in `write`, its
+        // trailers kept.
+        self.chunks = (resp.head.framing == Framing::Chunked)
+            .then(|| ChunkedDecoder::with_extension_limit(usize::MAX));
+        keep
     }
 
     async fn tunnel(&mut self, _up: &mut Stream, _idle: Duration) -> Carried {
@@ -710,6 +812,10 @@ impl Downstream for H2Exchange<'_> {
         }
         if n == 0 || self.ended {
             return (Ok(()), buf);
+        }
+        if self.chunks.is_some() {
+            let res = self.write_chunked(&buf[start..end]).await;
+            return (res, buf);
         }
         let data = Bytes::copy_from_slice(&buf[start..end]);
         let res = self.send_body(data, last).await;

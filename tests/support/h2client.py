@@ -4,7 +4,8 @@
     h2client.py PORT MODE [ARG]
 
 Modes (each prints one line of `key=value` words the test reads):
-  get PATH              one GET; status, body length, whether GOAWAY came
+  get PATH              one GET; status, body length, trailers (name:value,
+                        comma-separated), whether GOAWAY came
   conn-header NAME VAL  a GET carrying a connection-specific header;
                         reset=<error code> if the stream was reset
   rapid-reset N         N streams opened and reset at once (CVE-2023-44487)
@@ -63,6 +64,7 @@ class Result:
         self.reset = "none"
         self.closed = False
         self.ended = False
+        self.trailers = "none"
         # The server's frames, scanned independently of the h2 state
         # machine (which refuses any frame after a GOAWAY).
         self.raw = b""
@@ -113,6 +115,8 @@ def pump(s, c, r, until, limit=10.0):
             elif isinstance(e, h2.events.DataReceived):
                 r.body += len(e.data)
                 c.acknowledge_received_data(len(e.data), e.stream_id)
+            elif isinstance(e, h2.events.TrailersReceived):
+                r.trailers = ",".join(f"{n.decode()}:{v.decode()}" for n, v in e.headers)
             elif isinstance(e, h2.events.StreamEnded):
                 r.ended = True
         try:
@@ -138,7 +142,7 @@ def send_raw(s, r, data):
 
 def report(r):
     print(
-        f"status={r.status} body={r.body} ended={r.ended} reset={r.reset} "
+        f"status={r.status} body={r.body} ended={r.ended} trailers={r.trailers} reset={r.reset} "
         f"goaway={r.goaway} closed={r.closed}"
     )
 
