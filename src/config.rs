@@ -1062,6 +1062,10 @@ struct RawLimits {
     /// Upgraded connections per worker; past it upgrade requests get 503. Default 4096.
     #[serde(default)]
     max_tunnels_per_worker: Option<usize>,
+    /// HTTP/2 streams open at once per worker; past it new streams are
+    /// refused (RST_STREAM REFUSED_STREAM). Default 16384.
+    #[serde(default)]
+    max_http2_streams_per_worker: Option<usize>,
     /// Backend ids the process can hold: every backend of every group,
     /// configured, discovered or added through the admin API, over the
     /// process's life (an address that leaves and comes back keeps its id).
@@ -1114,6 +1118,13 @@ impl RawLimits {
             1..,
             "must be at least 1",
         )?;
+        let max_http2_streams_per_worker = in_range(
+            "limits.max_http2_streams_per_worker",
+            self.max_http2_streams_per_worker
+                .unwrap_or(d.max_http2_streams_per_worker),
+            1..,
+            "must be at least 1",
+        )?;
         let max_backends = in_range(
             "limits.max_backends",
             self.max_backends.unwrap_or(d.max_backends),
@@ -1127,6 +1138,7 @@ impl RawLimits {
             max_connections_per_worker,
             max_chunk_extension_bytes,
             max_tunnels_per_worker,
+            max_http2_streams_per_worker,
             max_backends,
             ..timeouts
         })
@@ -1356,6 +1368,8 @@ pub struct Limits {
     pub tunnel_idle_timeout: Duration,
     /// `limits.max_tunnels_per_worker`.
     pub max_tunnels_per_worker: usize,
+    /// `limits.max_http2_streams_per_worker`.
+    pub max_http2_streams_per_worker: usize,
     /// `limits.max_backends`.
     pub max_backends: usize,
 }
@@ -1382,6 +1396,7 @@ impl Default for Limits {
             max_chunk_extension_bytes: crate::http::chunked::MAX_CHUNK_EXT_LEN,
             tunnel_idle_timeout: Duration::from_secs(3600),
             max_tunnels_per_worker: 4096,
+            max_http2_streams_per_worker: 16384,
             max_backends: 4096,
         }
     }

@@ -371,6 +371,21 @@ fn continuation_flood_ends_in_goaway() {
 }
 
 #[test]
+fn an_hpack_bomb_is_refused_at_the_header_list_size() {
+    let o = Origin::start("a");
+    let lbd = h2c(&[&o]).start();
+    // 10,000 one-byte references to a 4 KiB entry: 40 MB decoded.
+    let w = h2client(lbd.port, &["hpack-bomb", "10000"]);
+    assert!(
+        word(&w, "status") == "431" || word(&w, "reset") != "none" || word(&w, "goaway") != "none",
+        "{w:?}"
+    );
+    // Only the stream that filled the table reached the backend.
+    assert!(o.requests() <= 1, "{}", o.requests());
+    still_serves(lbd.port, &lbd);
+}
+
+#[test]
 fn ping_settings_and_empty_data_floods_leave_lbd_serving() {
     let o = Origin::start("a");
     let lbd = h2c(&[&o]).start();
@@ -398,6 +413,21 @@ fn a_zero_window_stall_resets_the_stream_after_client_write_timeout() {
     assert_eq!(word(&w, "reset"), "2", "{w:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "{w:?}");
     still_serves(lbd.port, &lbd);
+}
+
+#[test]
+fn past_the_worker_stream_cap_streams_are_refused() {
+    let o = Origin::start("a");
+    let lbd = h2c(&[&o])
+        .limits(&[("max_http2_streams_per_worker", 3)])
+        .start();
+    let w = h2client(lbd.port, &["concurrent", "8", "/slow?ms=500"]);
+    // 3 served, the other 5 refused (REFUSED_STREAM: safe to retry).
+    assert_eq!((word(&w, "ok"), word(&w, "refused")), ("3", "5"), "{w:?}");
+    assert_eq!(o.requests(), 3);
+    // The count drops as streams end.
+    let w = h2client(lbd.port, &["concurrent", "3", "/"]);
+    assert_eq!(word(&w, "ok"), "3", "{w:?}");
 }
 
 /// A self-signed certificate for `localhost` in `dir`: (cert, key).

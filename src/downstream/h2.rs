@@ -73,6 +73,12 @@ const TICK: Duration = Duration::from_millis(250);
 /// the client to close.
 const GOAWAY_LINGER: Duration = Duration::from_secs(1);
 
+thread_local! {
+    /// HTTP/2 streams open on this worker (one worker per thread), against
+    /// `limits.max_http2_streams_per_worker`.
+    static WORKER_STREAMS: Cell<usize> = const { Cell::new(0) };
+}
+
 /// What the first bytes (or the ALPN) said.
 pub(super) enum Detected {
     /// HTTP/1: the stream, and what was read of the first request.
@@ -205,8 +211,16 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
                 log::debug!("{peer}: HTTP/2 connection: {e}");
                 break;
             }
+            Some(Some(Ok((_, mut respond))))
+                if WORKER_STREAMS.get() >= limits.max_http2_streams_per_worker =>
+            {
+                // The client may retry a refused stream (RFC 9113 §8.7).
+                log::debug!("{peer}: HTTP/2 stream refused: the worker's stream cap");
+                respond.send_reset(Reason::REFUSED_STREAM);
+            }
             Some(Some(Ok((req, respond)))) => {
                 shard.metrics.http2_streams_total.inc();
+                WORKER_STREAMS.set(WORKER_STREAMS.get() + 1);
                 open.set(open.get() + 1);
                 let (shard, conn, open) = (shard.clone(), conn.clone(), open.clone());
                 monoio::spawn(async move {
@@ -214,6 +228,7 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
                     // as the stream.
                     Box::pin(stream(&shard, &conn, req, respond)).await;
                     open.set(open.get() - 1);
+                    WORKER_STREAMS.set(WORKER_STREAMS.get().saturating_sub(1));
                 });
             }
             None => {}

@@ -13,6 +13,10 @@ Modes (each prints one line of `key=value` words the test reads):
   ping-flood N          N PINGs without reading the acks
   settings-flood N      N SETTINGS frames without reading the acks
   empty-data N          a POST with N empty DATA frames
+  hpack-bomb N          a 4 KiB header put in the HPACK table by stream 1,
+                        then referenced N times (one byte each) by stream 3
+  concurrent N PATH     N GETs at once on one connection: ok=<answered>
+                        refused=<reset with REFUSED_STREAM>
   stall PATH            a GET with a zero window, never opened: waits for
                         the stream's reset
 
@@ -81,6 +85,10 @@ class Result:
                 self.goaway = str(int.from_bytes(payload[4:8], "big"))
             elif kind == 0x3 and n >= 4:  # RST_STREAM
                 self.reset = str(int.from_bytes(payload[0:4], "big"))
+            elif kind == 0x1:  # HEADERS: note a 431 (a literal :status)
+                sid = int.from_bytes(self.raw[5:9], "big") & 0x7FFFFFFF
+                if sid == 3 and b"431" in payload:
+                    self.status = 431
             self.raw = self.raw[9 + n :]
 
 
@@ -208,6 +216,44 @@ def main():
         settings = frame(0x4, 0x0, 0, struct.pack(">HI", 0x3, 100))
         send_raw(s, r, settings * n)
         pump(s, c, r, lambda r: r.goaway != "none" or r.closed, limit=5.0)
+    elif mode == "hpack-bomb":
+        n = int(args[0])
+        # :method GET, :scheme http, :path / (static), :authority x.
+        pseudo = b"\x82\x86\x84\x01\x01x"
+        # x-bomb: 4000 bytes, with incremental indexing (becomes index 62).
+        big = b"\x40\x06x-bomb\x7f\xa1\x1e" + b"a" * 4000
+        send_raw(s, r, frame(0x1, 0x5, 1, pseudo + big))
+        send_raw(s, r, frame(0x1, 0x5, 3, pseudo + b"\xbe" * n))
+        pump(s, c, r, lambda r: r.status == 431 or r.reset != "none" or r.goaway != "none")
+    elif mode == "concurrent":
+        n, path = int(args[0]), args[1]
+        for i in range(n):
+            c.send_headers(1 + 2 * i, headers(port, path), end_stream=True)
+        s.sendall(c.data_to_send())
+        done = {}
+        end = time.time() + 15
+        s.settimeout(0.5)
+        while len(done) < n and time.time() < end:
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.StreamEnded):
+                    done[e.stream_id] = "ok"
+                elif isinstance(e, h2.events.StreamReset):
+                    done[e.stream_id] = str(int(e.error_code))
+                elif isinstance(e, h2.events.DataReceived):
+                    c.acknowledge_received_data(len(e.data), e.stream_id)
+            out = c.data_to_send()
+            if out:
+                s.sendall(out)
+        ok = sum(1 for v in done.values() if v == "ok")
+        refused = sum(1 for v in done.values() if v == "7")
+        print(f"ok={ok} refused={refused}")
+        return
     elif mode == "stall":
         c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         c.send_headers(1, headers(port, args[0]), end_stream=True)
