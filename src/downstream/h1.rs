@@ -8,9 +8,12 @@
 //! and hands the exchange to [`crate::proxy::forward`], implementing
 //! [`Downstream`] for it: the body bytes that came with the head, the rest of
 //! the body per its framing, `100 Continue`, and the HTTP/1 response head.
-//! Every read and write has a deadline. Errors map to one status via
-//! [`ProxyError::status`]; once response bytes reached the client, an error
-//! can only close the connection.
+//! On a listener with `http2`, a new connection first goes to
+//! [`super::h2::detect`] (ALPN, or the h2c preface) and, if it speaks
+//! HTTP/2, to [`super::h2::serve`], whose streams come back through
+//! [`prepare`]. Every read and write has a deadline. Errors map to one
+//! status via [`ProxyError::status`]; once response bytes reached the
+//! client, an error can only close the connection.
 
 use std::io;
 use std::net::SocketAddr;

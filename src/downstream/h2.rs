@@ -59,8 +59,10 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const STREAM_WINDOW: u32 = 256 << 10;
 /// Connection receive window.
 const CONNECTION_WINDOW: u32 = 1 << 20;
-/// Most response bytes buffered per stream beyond the client's window.
-const MAX_SEND_BUFFER: usize = 256 << 10;
+/// Most response bytes queued per stream and not yet written to the
+/// socket: one large upstream read (128 streams: 8 MiB at most per
+/// connection).
+const MAX_SEND_BUFFER: usize = crate::buffer::LARGE_BUF_SIZE;
 /// Streams reset by the client before lbd accepted them, at most, before
 /// the connection is closed with ENHANCE_YOUR_CALM (rapid reset,
 /// CVE-2023-44487); h2's default.
