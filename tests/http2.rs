@@ -104,6 +104,23 @@ fn h2c_prior_knowledge_and_http1_on_the_same_port() {
 }
 
 #[test]
+fn h2c_after_a_proxy_protocol_header() {
+    let o = Origin::start("a");
+    let lbd = LbdConf::front(&[o.port])
+        .listener_extra("http2: true\nproxy_protocol: { trusted: 127.0.0.1 }")
+        .start();
+    let dir = tmp("h2c-pp");
+    let url = format!("http://127.0.0.1:{}/", lbd.port);
+    // The preface's first bytes may arrive with the header.
+    for v in ["--http2-prior-knowledge", "--http1.1"] {
+        let (got, code) = curl_to(&[v, "--haproxy-protocol"], &url, &dir.join("b"));
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(got, if v == "--http1.1" { "1.1" } else { "2" });
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
 fn h2c_is_off_by_default_on_plain_listeners() {
     let o = Origin::start("a");
     let lbd = LbdConf::front(&[o.port]).start();
