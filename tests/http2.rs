@@ -295,6 +295,50 @@ fn trailers_of_a_chunked_response_become_http2_trailers() {
 }
 
 #[test]
+fn request_trailers_go_upstream_in_the_chunked_body() {
+    // A raw origin that records the request bytes up to the end of the
+    // chunked body's trailer section, then answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got = seen.clone();
+    thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        while !buf.ends_with(b"\r\n0\r\nx-checksum: abc\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+            if buf.len() > 1 << 16 {
+                break;
+            }
+        }
+        *got.lock().unwrap() = buf;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        thread::sleep(Duration::from_millis(500));
+    });
+    let lbd = LbdConf::front(&[port])
+        .listener_extra("http2: true")
+        .start();
+    let w = h2client(lbd.port, &["post-trailers", "/up"]);
+    assert_eq!(word(&w, "status"), "200", "{w:?}");
+    let raw = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(raw.starts_with("POST /up HTTP/1.1\r\n"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.ends_with("\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{raw}"
+    );
+}
+
+#[test]
 fn connection_specific_headers_reset_the_stream_and_never_reach_a_backend() {
     let o = Origin::start("a");
     let lbd = h2c(&[&o]).start();

@@ -727,9 +727,29 @@ impl Downstream for H2Exchange<'_> {
         }
         if self.chunked {
             out.clear();
-            out.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(b"0\r\n");
+            // The client's trailers, if it sent any, as the trailer section
+            // (the stream ended, so they are there or there are none).
+            let trailers = monoio::time::timeout(limits.body_timeout, self.body.trailers()).await;
+            if let Ok(Ok(Some(trailers))) = trailers {
+                for (name, value) in &trailers {
+                    if connection_specific(name, value)
+                        || name == ::http::header::TE
+                        || name == ::http::header::CONTENT_LENGTH
+                        || name == ::http::header::HOST
+                    {
+                        continue;
+                    }
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+            let len = out.len();
             let (res, o) = up
-                .write_range(out, 0, 5, limits.upstream_body_timeout)
+                .write_range(out, 0, len, limits.upstream_body_timeout)
                 .await;
             out = o;
             if let Err(e) = res {

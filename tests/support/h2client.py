@@ -13,6 +13,8 @@ Modes (each prints one line of `key=value` words the test reads):
   ping-flood N          N PINGs without reading the acks
   settings-flood N      N SETTINGS frames without reading the acks
   empty-data N          a POST with N empty DATA frames
+  post-trailers PATH    a POST of `hello` with no length, then trailers
+                        x-checksum: abc
   hpack-bomb N          a 4 KiB header put in the HPACK table by stream 1,
                         then referenced N times (one byte each) by stream 3
   concurrent N PATH     N GETs at once on one connection: ok=<answered>
@@ -216,6 +218,12 @@ def main():
         settings = frame(0x4, 0x0, 0, struct.pack(">HI", 0x3, 100))
         send_raw(s, r, settings * n)
         pump(s, c, r, lambda r: r.goaway != "none" or r.closed, limit=5.0)
+    elif mode == "post-trailers":
+        c.send_headers(1, headers(port, args[0], method="POST"), end_stream=False)
+        c.send_data(1, b"hello", end_stream=False)
+        c.send_headers(1, [(b"x-checksum", b"abc")], end_stream=True)
+        s.sendall(c.data_to_send())
+        pump(s, c, r, lambda r: r.ended or r.reset != "none", limit=15.0)
     elif mode == "hpack-bomb":
         n = int(args[0])
         # :method GET, :scheme http, :path / (static), :authority x.
