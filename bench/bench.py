@@ -317,8 +317,16 @@ http {{
 """
 
 
-def nginx_proxy_conf(work, cpu_mask, port, backends):
+def nginx_proxy_conf(work, cpu_mask, port, backends, tls=None, h2=False):
     ups = "".join(f"        server 127.0.0.1:{b};\n" for b in backends)
+    # TLS as nginx's documentation recommends for a busy server: a shared
+    # session cache and tickets (both on), the same ECDSA P-256 certificate.
+    ssl = "" if not tls else f"""ssl{' http2' if h2 else ''};
+        ssl_certificate {tls['cert']};
+        ssl_certificate_key {tls['key']};
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 1h;
+        ssl_session_tickets on;"""
     return f"""
 worker_processes 1;
 worker_cpu_affinity {cpu_mask};
@@ -343,7 +351,7 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096 {ssl}
         location / {{
             proxy_pass http://web;
             proxy_http_version 1.1;
@@ -362,7 +370,7 @@ def nofile_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def haproxy_conf(port, backends):
+def haproxy_conf(port, backends, tls=None, h2=False):
     # HAProxy refuses to start when 2 x maxconn does not fit RLIMIT_NOFILE.
     maxconn = min(25000, (nofile_limit() - 200) // 2)
     srv = "".join(f"    server o{i} 127.0.0.1:{b}\n" for i, b in enumerate(backends))
@@ -382,7 +390,7 @@ defaults
     http-reuse always
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{" ssl crt " + tls["pem"] if tls else ""}{" alpn h2,http/1.1" if h2 else ""}
     default_backend be
 
 backend be
@@ -390,7 +398,7 @@ backend be
 {srv}"""
 
 
-def lbd_conf(port, backends, hist, variant="lbd"):
+def lbd_conf(port, backends, hist, variant="lbd", tls=None):
     b = ", ".join(f"127.0.0.1:{x}" for x in backends)
     balance = {"lbd-lc": "    balance: least_conn\n", "lbd-p2c": "    balance: p2c\n"}.get(variant, "")
     if variant == "lbd-routes":
@@ -404,6 +412,8 @@ def lbd_conf(port, backends, hist, variant="lbd"):
         listener = "    routes:\n" + "\n".join(rules) + "\n"
     else:
         listener = ""
+    if tls:
+        listener += f"    tls:\n      cert_file: {tls['cert']}\n      key_file: {tls['key']}\n"
     return f"""threads: 1
 histogram_file: {hist}
 listeners:
@@ -415,6 +425,19 @@ listeners:
 limits:
   keepalive_requests: 100000000
 """
+
+
+def make_cert(work):
+    """An ECDSA P-256 self-signed certificate for every TLS contender:
+    cert.pem, key.pem (PKCS#8) and, for HAProxy, both in one file."""
+    cert, key, pem = (os.path.join(work, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return {"cert": cert, "key": key, "pem": pem}
 
 
 def cpu_mask(cpus):
@@ -441,6 +464,7 @@ class Bench:
         self.results = []  # dicts
         self.notes = []
         self.hist_seq = 0
+        self.tls = make_cert(self.work) if args.tls else None
         self.oha = shutil.which("oha") or (
             os.path.join(BENCH, ".tools", "bin", "oha")
             if os.path.exists(os.path.join(BENCH, ".tools", "bin", "oha")) else None)
@@ -493,7 +517,7 @@ class Bench:
             conf = os.path.join(self.work, f"{name}.yaml")
             hist = "lbd-latency.hgrm" if name == "lbd" else f"{name}-latency.hgrm"
             with open(conf, "w") as f:
-                f.write(lbd_conf(port, backends, os.path.join(self.work, hist), name))
+                f.write(lbd_conf(port, backends, os.path.join(self.work, hist), name, self.tls))
             env = dict(os.environ, RUST_LOG="warn")
             binary = LBD_BASE if name == "lbd-base" else LBD
             if not binary:
@@ -502,13 +526,13 @@ class Bench:
         elif name == "nginx":
             conf = os.path.join(self.work, "nginx-proxy.conf")
             with open(conf, "w") as f:
-                f.write(nginx_proxy_conf(self.work, cpu_mask(self.proxy_cpus), port, backends))
+                f.write(nginx_proxy_conf(self.work, cpu_mask(self.proxy_cpus), port, backends, self.tls, self.a.h2))
             s = Server("nginx-proxy", ["nginx", "-p", self.work, "-e", f"{self.work}/nginx-proxy.err", "-c", conf],
                        self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
         elif name == "haproxy":
             conf = os.path.join(self.work, "haproxy.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, backends))
+                f.write(haproxy_conf(port, backends, self.tls, self.a.h2))
             s = Server("haproxy", ["haproxy", "-db", "-f", conf], self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
         elif name == "pingora":
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
@@ -532,7 +556,7 @@ class Bench:
     # load generators ----------------------------------------------------
     def wrk(self, port, duration, extra=()):
         cmd = ["taskset", "-c", self.load_cpus, "wrk", "-t1", "-c", str(self.a.connections), "-d", f"{duration}s",
-               "--timeout", "2s", "-s", LUA] + list(extra) + [f"http://127.0.0.1:{port}/"]
+               "--timeout", "2s", "-s", LUA] + list(extra) + [f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
         m = re.search(r"^RESULT (.*)$", out, re.M)
         if not m:
@@ -548,6 +572,49 @@ class Bench:
             "non2xx": int(non2xx.group(1)) if non2xx else int(kv["err_status"]),
         }
         return r
+
+    def h2load_run(self, port, duration):
+        """h2load over TLS (ALPN h2): 4 connections with 16 concurrent
+        streams each, 64 requests in flight as with wrk's 64 connections."""
+        cmd = ["taskset", "-c", self.load_cpus, "h2load", "-c", "4", "-m", "16", "-t", "1",
+               "-D", str(duration), f"https://127.0.0.1:{port}/"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+        m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                      r"(\d+) errored, (\d+) timeout", out)
+        t = re.search(r"finished in ([\d.]+)s", out)
+        proto = re.search(r"Application protocol: (\S+)", out)
+        if not m or not t:
+            raise RuntimeError(f"h2load printed no summary:\n{out[-800:]}")
+        if not proto or proto.group(1) != "h2":
+            self.note(f"h2load on port {port} negotiated {proto.group(1) if proto else 'nothing'}, not h2")
+        done, ok = int(m.group(3)), int(m.group(4))
+        codes = re.search(r"status codes: (\d+) 2xx", out)
+        mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+        scale = {"us": 1, "ms": 1e3, "s": 1e6}
+        return {"requests": done, "rps": done / float(t.group(1)),
+                "errors": int(m.group(5)) + int(m.group(6)) + int(m.group(7)),
+                "non2xx": ok - (int(codes.group(1)) if codes else 0),
+                "mean_us": float(mean.group(1)) * scale[mean.group(2)] if mean else None}
+
+    def resume_run(self, port, duration):
+        """A new TLS connection per request, each resuming the first
+        connection's session: two `openssl s_time -reuse` clients (wrk
+        resumes none). s_time prints one mark per connection, `r` when it
+        was resumed."""
+        cmd = ["taskset", "-c", self.load_cpus, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+               "-www", "/", "-reuse", "-time", str(duration)]
+        t0 = time.time()
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=duration + 60)[0] for p in procs]
+        wall = time.time() - t0
+        n = sum(int(m.group(1)) for o in outs for m in [re.search(r"(\d+) connections in [\d.]+s", o)] if m)
+        marks = "".join(o.split("starting", 1)[-1] for o in outs)
+        resumed = marks.count("r")
+        if n == 0:
+            raise RuntimeError(f"openssl s_time made no connection:\n{outs[0][-500:]}")
+        if resumed < 0.95 * n:
+            self.note(f"tls-resume on port {port}: only {resumed} of {n} connections resumed")
+        return {"requests": n, "rps": n / wall, "errors": 0, "non2xx": 0, "resumed": resumed}
 
     def oha_run(self, port, duration, rate):
         cmd = ["taskset", "-c", self.load_cpus, self.oha, "-z", f"{duration}s", "-c", str(self.a.connections),
@@ -690,24 +757,40 @@ class Bench:
         sizes = a.sizes.split(",") if a.sizes else ["small"] if a.quick else ["small", "1k", "64k"]
         sizes = [x for x in sizes if x != "none"]
         d = a.duration
+        pre = "tls-" if self.tls else ""
+        if a.h2:
+            try:
+                started = self.start_all("small")
+                try:
+                    self.interleaved(started, "h2-ka-small", lambda port: self.h2load_run(port, d),
+                                     lambda port: self.h2load_run(port, a.warmup))
+                finally:
+                    self.stop_all(started)
+            finally:
+                for o in self.origins:
+                    o.stop()
+            return
         try:
             for size in sizes:
                 started = self.start_all(size)
                 try:
-                    self.interleaved(started, f"ka-{size}", lambda port: self.wrk(port, d),
+                    self.interleaved(started, f"{pre}ka-{size}", lambda port: self.wrk(port, d),
                                      lambda port: self.wrk(port, a.warmup))
                     if size == "small":
                         close = ["-H", "Connection: close"]
                         cd = 2 if a.quick else d
                         # quick: the keep-alive runs just warmed the servers up
-                        self.interleaved(started, "close-small", lambda port: self.wrk(port, cd, close),
+                        self.interleaved(started, f"{pre}close-small", lambda port: self.wrk(port, cd, close),
                                          None if a.quick else (lambda port: self.wrk(port, a.warmup, close)))
-                        if a.idle:
+                        if self.tls:
+                            self.interleaved(started, "tls-resume-small", lambda port: self.resume_run(port, cd),
+                                             lambda port: self.resume_run(port, 1))
+                        if a.idle and not self.tls:
                             for name, srv, port in started:
                                 self.idle(name, srv, port)
                 finally:
                     self.stop_all(started)
-            if not a.no_rate:
+            if not a.no_rate and not self.tls:
                 self.rate_scenarios()
         finally:
             for o in self.origins:
@@ -806,14 +889,17 @@ def table(results):
     # scenarios it does more work than a pooling proxy, so no ratio there.
     floor = {r["scenario"]: r["median"].get("cpu_us_per_req") for r in results
              if r["contender"] == "floor" and not r["scenario"].startswith("close")}
+    nginx = {r["scenario"]: r["median"].get("cpu_us_per_req") for r in results if r["contender"] == "nginx"}
     hdr = ["scenario", "contender", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "err", "non2xx", "CPU µs/req", "×floor",
-           "peak RSS MiB", "RSS/idle conn KiB", "load CPU %", "noise %"]
+           "×nginx", "peak RSS MiB", "RSS/idle conn KiB", "load CPU %", "noise %"]
     rows = []
     for r in results:
         m = r["median"]
         cpu = m.get("cpu_us_per_req")
         fl = floor.get(r["scenario"])
         ratio = cpu / fl if cpu and fl else None
+        ng = nginx.get(r["scenario"])
+        to_nginx = cpu / ng if cpu and ng else None
         rss = m.get("peak_rss_kib")
         label = r["scenario"] + (f" ({r['offered_rps']}/s)" if r.get("offered_rps") else "")
         if r.get("offered_rps") and m.get("rps", 0) < 0.97 * r["offered_rps"]:
@@ -821,9 +907,10 @@ def table(results):
         rows.append([label, r["contender"],
                      fmt(m.get("rps")), fmt(m.get("p50_us")), fmt(m.get("p99_us")), fmt(m.get("p99.9_us")),
                      str(m.get("errors", 0)), str(m.get("non2xx", 0)), fmt(cpu, 2), fmt(ratio, 2),
-                     fmt(rss / 1024 if rss else None, 1), fmt(m.get("rss_per_conn_kib"), 2),
+                     fmt(to_nginx, 2), fmt(rss / 1024 if rss else None, 1), fmt(m.get("rss_per_conn_kib"), 2),
                      fmt(m.get("load_cpu_busy_pct")), fmt(m.get("proxy_cpu_foreign_pct"))])
         r["median"]["cpu_ratio_to_floor"] = ratio
+        r["median"]["cpu_ratio_to_nginx"] = to_nginx
     w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
     lines = ["  ".join(str(h).ljust(w[i]) if i < 2 else str(h).rjust(w[i]) for i, h in enumerate(hdr))]
     lines.append("  ".join("-" * x for x in w))
@@ -957,12 +1044,20 @@ def main():
     ap.add_argument("--pingora", action="store_true",
                     help="add pingora to the contenders, also in --quick (bench/run.sh --pingora builds it)")
     ap.add_argument("--no-rate", action="store_true", help="skip the oha fixed-rate scenarios")
+    ap.add_argument("--h2", action="store_true",
+                    help="HTTP/2 over TLS instead (implies --tls): h2load, 4 connections x 16 streams, lbd, nginx "
+                         "(listen ... ssl http2) and haproxy (alpn h2,http/1.1), HTTP/1.1 to the origins: h2-ka-small")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS listeners (one ECDSA P-256 certificate for all; lbd, nginx, haproxy; plain origins): "
+                         "tls-ka-* and tls-close-small (a full handshake per request: wrk resumes no session)")
     ap.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")],
                     help="absolute oha rates (req/s), instead of 25/50/75%% of the weakest proxy's max")
     ap.add_argument("--sizes", help="body sizes, comma-separated (default small in --quick, else small,1k,64k)")
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     ap.add_argument("--render", metavar="JSON", help="only print the table and redraw the SVG of a results file")
     a = ap.parse_args()
+    if a.h2:
+        a.tls = True
     if a.render:
         with open(a.render) as f:
             doc = json.load(f)
@@ -976,6 +1071,8 @@ def main():
     pingora_built = os.access(PINGORA, os.X_OK)
     if a.contenders:
         a.contenders = a.contenders.split(",")
+    elif a.tls:
+        a.contenders = ["lbd", "nginx", "haproxy"]
     else:
         a.contenders = list(CONTENDERS)
         if pingora_built and not a.quick:
@@ -1021,7 +1118,7 @@ def main():
         print("note:", n)
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = "quick" if a.quick else "full"
+    mode = ("h2-" if a.h2 else "tls-" if a.tls else "") + ("quick" if a.quick else "full")
     doc = {"when": stamp, "mode": mode, "elapsed_s": round(time.time() - t0, 1), "machine": machine(),
            "settings": {k: v for k, v in vars(a).items() if k != "out"}, "notes": b.notes, "results": b.results}
     # latest.json is the latest full run (what bench/results/ is committed
@@ -1029,9 +1126,9 @@ def main():
     for name in (f"{stamp}-{mode}.json", f"latest-{mode}.json") + (("latest.json",) if mode == "full" else ()):
         with open(os.path.join(a.out, name), "w") as f:
             json.dump(doc, f, indent=1)
-    svg = os.path.join(a.out, "latency-quick.svg" if a.quick else "latency.svg")
+    svg = os.path.join(a.out, f"latency-{mode}.svg" if a.tls else "latency-quick.svg" if a.quick else "latency.svg")
     svg_plot(b.results, svg)
-    with open(os.path.join(a.out, "latest-quick.txt" if a.quick else "latest.txt"), "w") as f:
+    with open(os.path.join(a.out, f"latest-{mode}.txt" if a.tls else "latest-quick.txt" if a.quick else "latest.txt"), "w") as f:
         f.write(t + "\n" + (own + "\n" if own else "") + "".join(f"note: {n}\n" for n in b.notes))
     log(f"done in {time.time() - t0:.0f}s; wrote {a.out}/{stamp}-{mode}.json and {svg}")
     shutil.rmtree(b.work, ignore_errors=True)

@@ -2,7 +2,7 @@
 # Instructions per request, under valgrind's callgrind: deterministic enough
 # to see a change's cost without the noise of timing runs.
 #
-# Usage: bench/instructions.sh [LBD_BIN ...]   (default: target/release/lbd)
+# Usage: bench/instructions.sh [LBD_BIN | floor ...]   (default: target/release/lbd)
 #   N=20000 requests on one keep-alive connection (a python client on
 #   loopback, so the count is not disturbed by concurrency), to one origin
 #   (examples/origin). lbd runs one worker on the epoll driver
@@ -10,6 +10,11 @@
 #   too slow to be useful); the count covers lbd's user space only. Each
 #   binary runs twice, with N/10 and N requests, and the difference is
 #   divided by 0.9 N, so start-up and shutdown cancel out.
+#   `floor` measures examples/floor, the raw io_uring forwarder (on io_uring:
+#   it has no epoll path, so its count is for a different driver than
+#   lbd's; it never exits on a signal, so it is counted between two
+#   callgrind_control marks, zeroed after N/10 requests and dumped after N
+#   more).
 #   Extra configs: CONF=path (a conf.yaml with listener 127.0.0.1:18180 and
 #   backend 127.0.0.1:18181) measures another setup (balance, routes).
 set -euo pipefail
@@ -68,7 +73,26 @@ run() { # bin requests -> instruction count
     callgrind_annotate "$out" > "$out.txt" 2>/dev/null || true
     awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' "$out.txt"
 }
+floor_count() { # requests -> instructions for that many after a warm-up
+    local out="$work/cg.floor"
+    [ -x target/release/examples/floor ] || cargo build --release --example floor >&2
+    valgrind --tool=callgrind --callgrind-out-file="$out" target/release/examples/floor \
+        --listen 127.0.0.1:18180 --backend 127.0.0.1:18181 >/dev/null 2>&1 &
+    local vp=$!
+    for _ in $(seq 300); do python3 -c "import socket; socket.create_connection(('127.0.0.1', 18180)).close()" 2>/dev/null && break; sleep 0.2; done
+    python3 "$work/client.py" $(($1 / 10))
+    callgrind_control -z $vp >/dev/null
+    python3 "$work/client.py" "$1"
+    callgrind_control -d $vp >/dev/null
+    kill -9 $vp; wait $vp 2>/dev/null || true
+    callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}'
+}
 for b in "${bins[@]}"; do
+    if [ "$b" = floor ]; then
+        total=$(floor_count "$N")
+        echo "RESULT bin=floor conf=- requests=$N instructions_per_request=$((total / N))"
+        continue
+    fi
     small=$(run "$b" $((N / 10)))
     large=$(run "$b" "$N")
     per=$(( (large - small) * 10 / (9 * N) ))

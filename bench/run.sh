@@ -19,6 +19,13 @@
 #                  interleaved; CPU µs/request of both and their ratio. Needs
 #                  only wrk, lbd and examples/origin (builds what is missing;
 #                  other options go to churn.py: --runs, --duration, --cpus ...)
+#   --tls          TLS listeners instead (bench.py --tls): lbd, nginx and HAProxy
+#                  with one ECDSA P-256 certificate, plain origins; tls-ka-*
+#                  and tls-close-small (a full handshake per request); ×nginx
+#                  column
+#   --h2           HTTP/2 over TLS instead (bench.py --h2): h2load (Debian's
+#                  nghttp2-client), 4 connections x 16 streams, lbd vs nginx vs
+#                  HAProxy, HTTP/1.1 to the origins
 #   --pingora      add Pingora's load balancer (bench/pingora-lb, crate pingora
 #                  with the lb feature) to the contenders; builds it first when
 #                  missing (about 5 minutes, needs cmake), except in --quick,
@@ -36,7 +43,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 build=0 pingora=0 ws=0 churn=0 args=()
+quick=0 build=0 pingora=0 ws=0 churn=0 h2=0 args=()
 while (($#)); do
     case $1 in
         --quick) quick=1; args+=(--quick) ;;
@@ -44,6 +51,7 @@ while (($#)); do
         --pingora) pingora=1; args+=(--pingora) ;;
         --ws) ws=1 ;;
         --churn) churn=1 ;;
+        --h2) h2=1; args+=(--h2) ;;
         --cpus) args+=(--cpus "$2"); shift ;;
         *) args+=("$1") ;;
     esac
@@ -52,12 +60,13 @@ done
 
 tools=(wrk nginx haproxy taskset)
 ((churn)) && tools=(wrk taskset)
+((h2)) && tools+=(h2load openssl)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 if ((${#missing[@]})); then
     pkgs=()
     for t in "${missing[@]}"; do
-        case $t in nginx) pkgs+=(nginx-light) ;; taskset) pkgs+=(util-linux) ;; *) pkgs+=("$t") ;; esac
+        case $t in nginx) pkgs+=(nginx-light) ;; h2load) pkgs+=(nghttp2-client) ;; taskset) pkgs+=(util-linux) ;; *) pkgs+=("$t") ;; esac
     done
     echo "bench: installing ${pkgs[*]} with apt-get" >&2
     sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)

@@ -545,6 +545,10 @@ struct RawListenerTls {
     /// Handshake deadline. Default 10000.
     #[serde(default)]
     handshake_timeout_ms: Option<u64>,
+    /// Resume sessions with stateless tickets, one key per process shared
+    /// by the workers. Default true.
+    #[serde(default)]
+    session_tickets: Option<bool>,
 }
 
 impl RawListenerTls {
@@ -570,6 +574,7 @@ impl RawListenerTls {
                     key_file: c.key_file.clone(),
                 })
                 .collect(),
+            session_tickets: self.session_tickets.unwrap_or(true),
         };
         Ok((crate::tls::load_listener(i, &lt).map_err(tls_invalid)?, hs))
     }

@@ -328,6 +328,22 @@ impl Stream {
         }
     }
 
+    /// A TLS connection?
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Before closing a TLS connection: sends `close_notify`, so the client
+    /// sees a clean end (OpenSSL 3 reports a close without one as an
+    /// "unexpected eof" and will not resume that session). Best effort,
+    /// within `limit`; nothing for plain TCP.
+    pub async fn close_notify(&mut self, limit: Duration) {
+        if let Stream::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush(limit).await;
+        }
+    }
+
     /// Ends the sending side: TLS `close_notify`, then a TCP FIN
     /// (`shutdown(SHUT_WR)`); reading goes on (a staged close).
     pub async fn shutdown_write(&mut self, limit: Duration) -> io::Result<()> {

@@ -12,7 +12,12 @@
 //!
 //! Every worker builds its *own* `ServerConfig`/`ClientConfig` from the
 //! shared [`TlsMaterial`], so session caches are per worker and no handshake
-//! ever takes a lock another core holds. Loading happens once at start (and
+//! ever takes a lock another core holds. Listeners resume sessions with
+//! stateless tickets ([`Tickets`], TLS 1.2 and 1.3): one random key per
+//! process, copied into every worker's ticketer, so a ticket from one worker
+//! resumes on any other (SO_REUSEPORT spreads a client's connections over
+//! workers, which a per-worker session cache could not follow); TLS 1.2
+//! clients without tickets resume from the worker's session-id cache. Loading happens once at start (and
 //! under `-t`): a bad PEM file or a key that does not match its certificate is
 //! an error naming the file.
 
@@ -144,6 +149,8 @@ pub struct ListenerTls {
     pub key_file: PathBuf,
     /// More certificates by SNI.
     pub sni: Vec<SniCert>,
+    /// Resume sessions with stateless tickets (default true).
+    pub session_tickets: bool,
 }
 
 /// An upstream group's `tls:` block.
@@ -167,6 +174,8 @@ pub enum TlsMaterial {
         default: Arc<CertifiedKey>,
         /// Keys by SNI name.
         by_name: Vec<(String, Arc<CertifiedKey>)>,
+        /// The session-ticket key, when tickets are on.
+        tickets: Option<TicketKey>,
     },
     /// Upstream side.
     Client {
@@ -191,7 +200,18 @@ pub fn load_listener(index: usize, t: &ListenerTls) -> Result<TlsMaterial, TlsEr
             by_name.push((n.clone(), ck.clone()));
         }
     }
-    Ok(TlsMaterial::Server { default, by_name })
+    let tickets = match t.session_tickets {
+        true => Some(TicketKey::random().map_err(|reason| TlsError::Rustls {
+            key: k("session_tickets"),
+            reason,
+        })?),
+        false => None,
+    };
+    Ok(TlsMaterial::Server {
+        default,
+        by_name,
+        tickets,
+    })
 }
 
 /// Loads an upstream group's trust anchors.
@@ -223,7 +243,10 @@ pub fn load_upstream(group: &str, t: &UpstreamTls) -> Result<TlsMaterial, TlsErr
 /// case-insensitive, else the default), as an identity to compare: two
 /// names pick the same certificate exactly when these are equal.
 pub fn certificate_for(m: &TlsMaterial, name: Option<&[u8]>) -> usize {
-    let TlsMaterial::Server { default, by_name } = m else {
+    let TlsMaterial::Server {
+        default, by_name, ..
+    } = m
+    else {
         return 0;
     };
     let ck = name
@@ -245,7 +268,12 @@ pub fn has_sni_certificates(m: &TlsMaterial) -> bool {
 /// Builds a worker's own server config; ALPN offers `h2` first when
 /// `http2` (the listener serves HTTP/2), then `http/1.1`.
 pub fn server_config(m: &TlsMaterial, http2: bool) -> Option<Arc<ServerConfig>> {
-    let TlsMaterial::Server { default, by_name } = m else {
+    let TlsMaterial::Server {
+        default,
+        by_name,
+        tickets,
+    } = m
+    else {
         return None;
     };
     let resolver = SniResolver {
@@ -262,7 +290,110 @@ pub fn server_config(m: &TlsMaterial, http2: bool) -> Option<Arc<ServerConfig>> 
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if let Some(key) = tickets {
+        cfg.ticketer = Arc::new(Tickets::new(key));
+    }
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Some(Arc::new(cfg))
+}
+
+/// Sessions a worker keeps for TLS 1.2 session-id resumption (rustls's
+/// default is 256; a few hundred bytes each).
+const SESSION_CACHE: usize = 4096;
+
+/// How long a ticket is valid (the hint sent to clients, and checked by
+/// rustls on resumption): rustls's own ticketer uses 6 hours.
+const TICKET_LIFETIME_S: u32 = 6 * 3600;
+
+/// A listener's session-ticket key: 32 random bytes drawn once at load, the
+/// same in every worker. Never printed.
+#[derive(Clone)]
+pub struct TicketKey(Arc<[u8; 32]>);
+
+impl TicketKey {
+    fn random() -> Result<Self, String> {
+        let mut k = [0u8; 32];
+        provider()
+            .secure_random
+            .fill(&mut k)
+            .map_err(|_| "no random bytes for the session-ticket key".to_owned())?;
+        Ok(TicketKey(Arc::new(k)))
+    }
+}
+
+impl fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
+}
+
+/// A worker's ticketer: ChaCha20-Poly1305 under the listener's
+/// [`TicketKey`], a random nonce per ticket (`nonce ‖ ciphertext ‖ tag`).
+/// Its own copy of the key, no lock, nothing shared with other workers.
+pub struct Tickets {
+    key: ring::aead::LessSafeKey,
+    rng: ring::rand::SystemRandom,
+}
+
+impl Tickets {
+    fn new(key: &TicketKey) -> Self {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key.0[..])
+            .unwrap_or_else(|_| unreachable!("a 32-byte key fits ChaCha20-Poly1305"));
+        Tickets {
+            key: ring::aead::LessSafeKey::new(unbound),
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tickets(..)")
+    }
+}
+
+impl rustls::server::ProducesTickets for Tickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        TICKET_LIFETIME_S
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + self.key.algorithm().tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut out[NONCE_LEN..],
+            )
+            .ok()?;
+        out.extend_from_slice(tag.as_ref());
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        use ring::aead::{Aad, Nonce, NONCE_LEN};
+        let (nonce, sealed) = cipher.split_at_checked(NONCE_LEN)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = sealed.to_vec();
+        let plain_len = self
+            .key
+            .open_in_place(nonce, Aad::empty(), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(plain_len);
+        Some(buf)
+    }
 }
 
 /// Builds a worker's own client config (its own session cache).

@@ -529,3 +529,114 @@ fn tls_health_check_does_the_handshake() {
         "{log}"
     );
 }
+
+/// One HTTPS GET with `cfg` (its session cache kept between calls): how the
+/// handshake went.
+fn tls_get_with(port: u16, cfg: &Arc<rustls::ClientConfig>) -> Option<rustls::HandshakeKind> {
+    let conn = rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("lb.test").unwrap())
+        .unwrap();
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")
+        .unwrap();
+    let kind = tls.conn.handshake_kind();
+    let mut r = BufReader::new(tls);
+    let resp = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    kind
+}
+
+#[test]
+fn sessions_resume_on_any_worker_with_tickets() {
+    let dir = unique_temp_dir("tls-resume");
+    let ca = Ca::new(&dir, "resume");
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let lbd = LbdConf::front(&[origin.port])
+        .threads(2)
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca.ca_file()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[versions])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        // SO_REUSEPORT spreads these connections over both workers (all on
+        // one would take 2^-11 luck): each resumes, whichever worker
+        // issued the ticket.
+        let kinds: Vec<_> = (0..12).map(|_| tls_get_with(lbd.port, &cfg)).collect();
+        assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full), "{versions:?}");
+        assert!(
+            kinds[1..]
+                .iter()
+                .all(|k| *k == Some(rustls::HandshakeKind::Resumed)),
+            "{versions:?}: {kinds:?}"
+        );
+    }
+}
+
+#[test]
+fn session_tickets_can_be_turned_off_and_a_bad_value_names_the_key() {
+    let dir = unique_temp_dir("tls-noticket");
+    let ca = Ca::new(&dir, "noticket");
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let tls = |v: &str| {
+        format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n  session_tickets: {v}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let lbd = LbdConf::front(&[origin.port])
+        .listener_extra(&tls("false"))
+        .start();
+    assert_eq!(tls_get(lbd.port, &ca.ca_file(), "lb.test").unwrap().0, 200);
+    let (_, err) = LbdConf::front(&[origin.port])
+        .listener_extra(&tls("sometimes"))
+        .expect_failure();
+    assert!(err.contains("session_tickets"), "{err}");
+}
+
+#[test]
+fn a_closing_tls_connection_ends_with_close_notify() {
+    // Without close_notify, OpenSSL 3 clients report "unexpected eof" and
+    // never resume the session; rustls reports UnexpectedEof on read.
+    let dir = unique_temp_dir("tls-close");
+    let ca = Ca::new(&dir, "close");
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let lbd = LbdConf::front(&[origin.port])
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let conn = rustls::ClientConnection::new(
+        client_config(&ca.ca_file()),
+        ServerName::try_from("lb.test").unwrap(),
+    )
+    .unwrap();
+    let s = TcpStream::connect(("127.0.0.1", lbd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let read = std::io::Read::read_to_end(&mut tls, &mut all);
+    assert!(read.is_ok(), "a clean TLS end expected: {read:?}");
+    assert!(all.starts_with(b"HTTP/1.1 200"), "{all:?}");
+}

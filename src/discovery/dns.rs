@@ -27,25 +27,12 @@ use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
-/// What a group asks DNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Query {
-    /// A and AAAA records of `name`; every address one backend on `port`.
-    Host {
-        /// The name, as configured (resolv.conf's search list applies to a
-        /// name without a trailing dot when the system configuration is used).
-        name: String,
-        /// The port of every backend.
-        port: u16,
-    },
-    /// SRV records of `name` (`_http._tcp.web.service.consul`): target,
-    /// port, weight; only the lowest priority value whose targets resolve is
-    /// used (RFC 2782), weight 0 counts as 1.
-    Srv {
-        /// The SRV owner name.
-        name: String,
-    },
-}
+/// What a group asks DNS: A and AAAA records of a name, every address one
+/// backend on the configured port (resolv.conf's search list applies to a
+/// name without a trailing dot when the system configuration is used); or
+/// SRV records (target, port, weight; only the lowest priority value whose
+/// targets resolve is used, RFC 2782; weight 0 counts as 1).
+pub(crate) use crate::config::DiscoveryName as Query;
 
 /// One backend an answer names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

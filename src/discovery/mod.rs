@@ -48,16 +48,6 @@ pub(crate) struct Discovery {
     membership: Arc<Membership>,
 }
 
-fn query(d: &DiscoveryConfig) -> dns::Query {
-    match &d.name {
-        DiscoveryName::Host { name, port } => dns::Query::Host {
-            name: name.clone(),
-            port: *port,
-        },
-        DiscoveryName::Srv { name } => dns::Query::Srv { name: name.clone() },
-    }
-}
-
 fn written(d: &DiscoveryConfig) -> String {
     match &d.name {
         DiscoveryName::Host { name, port } => format!("{name}:{port}"),
@@ -77,7 +67,7 @@ pub(crate) fn check(config: &Config) -> Result<(), DiscoveryError> {
         };
         let resolver = dns::Resolver::new(d.nameservers.as_deref(), d.timeout)
             .map_err(|e| error(e.to_string()))?;
-        match resolver.resolve(&query(d)) {
+        match resolver.resolve(&d.name) {
             Ok(a) if a.records.is_empty() => return Err(error("no records".into())),
             Ok(_) => {}
             Err(e) => return Err(error(e.to_string())),
@@ -155,7 +145,7 @@ impl Discovery {
             t.config.key,
             written(&t.config)
         );
-        let (retry, problem) = match t.resolver.resolve(&query(&t.config)) {
+        let (retry, problem) = match t.resolver.resolve(&t.config.name) {
             Ok(a) if a.records.is_empty() => {
                 let cleared = t.config.clear_on_empty;
                 if cleared {

@@ -133,6 +133,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, mut info: ConnInfo) 
             Next::Keep => cbuf = Some(cb),
             Next::Close => {
                 cb.release();
+                if client.is_tls() {
+                    // Boxed, like `linger`: the connection's future stays
+                    // small, and only closing TLS connections pay.
+                    let limit = shard.config.limits.client_write_timeout.min(LINGER_TIMEOUT);
+                    Box::pin(client.close_notify(limit)).await;
+                }
                 return End::Closed;
             }
             Next::Linger => {

@@ -1648,4 +1648,18 @@ impl Load {
         let f = self.failures.lock().unwrap().clone();
         (self.ok.load(Ordering::SeqCst), f)
     }
+
+    /// Stops the clients and asserts that none failed and more than
+    /// `at_least` succeeded; returns the successes.
+    pub fn finish_clean(self, at_least: usize) -> usize {
+        let (ok, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(ok > at_least, "load too light: {ok}");
+        ok
+    }
 }
