@@ -388,6 +388,17 @@ struct RawListener {
     /// The request-id header. Default: the top-level key.
     #[serde(default)]
     request_id: Option<forwarding::RawRequestId>,
+    /// Serve HTTP/2: ALPN `h2` on a TLS listener (default on), h2c with
+    /// prior knowledge on a plain one (default off).
+    #[serde(default)]
+    http2: Option<bool>,
+    /// Most concurrent streams per HTTP/2 connection. Default 128.
+    #[serde(default)]
+    http2_max_concurrent_streams: Option<u32>,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY
+    /// and is closed. Default: `keepalive_timeout_ms`.
+    #[serde(default)]
+    http2_idle_timeout_ms: Option<u64>,
 }
 
 /// `listeners`: at least one, each checked in order.
@@ -455,13 +466,43 @@ impl RawListener {
             request_id: self.request_id.as_ref(),
         };
         let forwarding = forwarding::listener(i, &raw, defaults)?;
+        let http2 = self.http2(i, tls.is_some())?;
         Ok(ListenerConfig {
             address,
             routes,
             backlog,
             tls,
             forwarding,
+            http2,
         })
+    }
+
+    /// `listeners[i].http2` (default: on with `tls`, off without),
+    /// `http2_max_concurrent_streams` (1 to 10000, default 128),
+    /// `http2_idle_timeout_ms` (1 to 3600000).
+    fn http2(&self, i: usize, tls: bool) -> Result<Option<Http2Config>, ConfigError> {
+        let max_concurrent_streams = in_range(
+            format!("listeners[{i}].http2_max_concurrent_streams"),
+            self.http2_max_concurrent_streams.unwrap_or(128),
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        let idle_timeout = self
+            .http2_idle_timeout_ms
+            .map(|ms| {
+                in_range(
+                    format!("listeners[{i}].http2_idle_timeout_ms"),
+                    ms,
+                    1..=3_600_000,
+                    "must be 1 to 3600000",
+                )
+                .map(Duration::from_millis)
+            })
+            .transpose()?;
+        Ok(self.http2.unwrap_or(tls).then_some(Http2Config {
+            max_concurrent_streams,
+            idle_timeout,
+        }))
     }
 
     /// `listeners[i].upstream`: the group's index in name order; optional
@@ -1026,6 +1067,10 @@ struct RawLimits {
     /// Upgraded connections per worker; past it upgrade requests get 503. Default 4096.
     #[serde(default)]
     max_tunnels_per_worker: Option<usize>,
+    /// HTTP/2 streams open at once per worker; past it new streams are
+    /// refused (RST_STREAM REFUSED_STREAM). Default 16384.
+    #[serde(default)]
+    max_http2_streams_per_worker: Option<usize>,
     /// Backend ids the process can hold: every backend of every group,
     /// configured, discovered or added through the admin API, over the
     /// process's life (an address that leaves and comes back keeps its id).
@@ -1078,6 +1123,13 @@ impl RawLimits {
             1..,
             "must be at least 1",
         )?;
+        let max_http2_streams_per_worker = in_range(
+            "limits.max_http2_streams_per_worker",
+            self.max_http2_streams_per_worker
+                .unwrap_or(d.max_http2_streams_per_worker),
+            1..,
+            "must be at least 1",
+        )?;
         let max_backends = in_range(
             "limits.max_backends",
             self.max_backends.unwrap_or(d.max_backends),
@@ -1091,6 +1143,7 @@ impl RawLimits {
             max_connections_per_worker,
             max_chunk_extension_bytes,
             max_tunnels_per_worker,
+            max_http2_streams_per_worker,
             max_backends,
             ..timeouts
         })
@@ -1206,6 +1259,17 @@ pub struct ListenerConfig {
     pub tls: Option<(crate::tls::TlsMaterial, Duration)>,
     /// PROXY protocol in, forwarding headers, trusted proxies, request ids.
     pub forwarding: ListenerForwarding,
+    /// HTTP/2 (ALPN `h2` with TLS, h2c prior knowledge without), if on.
+    pub http2: Option<Http2Config>,
+}
+
+/// A listener's HTTP/2 settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Config {
+    /// `http2_max_concurrent_streams`: SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// `http2_idle_timeout_ms`, if set (else `keepalive_timeout_ms`).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A validated upstream group.
@@ -1309,6 +1373,8 @@ pub struct Limits {
     pub tunnel_idle_timeout: Duration,
     /// `limits.max_tunnels_per_worker`.
     pub max_tunnels_per_worker: usize,
+    /// `limits.max_http2_streams_per_worker`.
+    pub max_http2_streams_per_worker: usize,
     /// `limits.max_backends`.
     pub max_backends: usize,
 }
@@ -1335,6 +1401,7 @@ impl Default for Limits {
             max_chunk_extension_bytes: crate::http::chunked::MAX_CHUNK_EXT_LEN,
             tunnel_idle_timeout: Duration::from_secs(3600),
             max_tunnels_per_worker: 4096,
+            max_http2_streams_per_worker: 16384,
             max_backends: 4096,
         }
     }

@@ -19,7 +19,10 @@
 //!   shares with workers.
 //! * [`downstream`]: the client side: the HTTP/1 connection loop (idle and
 //!   parking, PROXY protocol and TLS at the start, head reading, keep-alive,
-//!   error responses), request ids.
+//!   error responses), request ids, and HTTP/2 connections
+//!   ([`downstream::h2`]: h2c prior knowledge and ALPN `h2`, each stream one
+//!   exchange through [`proxy`]; [`downstream::poll_io`]: the connection as
+//!   the `h2` crate's tokio I/O over monoio's poll-io).
 //! * [`route`]: which upstream group a request goes to.
 //! * [`proxy`]: one exchange, protocol-neutral: request to a backend,
 //!   response back; retries; pooling after an exact end.

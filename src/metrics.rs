@@ -108,6 +108,10 @@ pub struct WorkerMetrics {
     pub tunnels_active: Counter,
     /// Tunnels opened.
     pub tunnels_total: Counter,
+    /// HTTP/2 client connections accepted (h2c or ALPN `h2`).
+    pub http2_connections_total: Counter,
+    /// HTTP/2 streams served (each also counts in `responses`).
+    pub http2_streams_total: Counter,
     /// Bytes tunnels carried from clients to backends.
     pub tunnel_bytes_upstream: Counter,
     /// Bytes tunnels carried from backends to clients.
@@ -155,6 +159,8 @@ impl WorkerMetrics {
             connections_parked: Counter::default(),
             tunnels_active: Counter::default(),
             tunnels_total: Counter::default(),
+            http2_connections_total: Counter::default(),
+            http2_streams_total: Counter::default(),
             tunnel_bytes_upstream: Counter::default(),
             tunnel_bytes_downstream: Counter::default(),
             proxy_protocol_rejected: Default::default(),
@@ -566,6 +572,20 @@ fn tunnel_families(o: &mut String, w: &[std::sync::Arc<WorkerMetrics>]) {
         "counter",
         "Upgraded connections (WebSocket tunnels) opened.",
         sum(w, |m| m.tunnels_total.get()),
+    );
+    scalar(
+        o,
+        "lbd_http2_connections_total",
+        "counter",
+        "HTTP/2 client connections accepted (h2c or ALPN h2).",
+        sum(w, |m| m.http2_connections_total.get()),
+    );
+    scalar(
+        o,
+        "lbd_http2_streams_total",
+        "counter",
+        "HTTP/2 streams accepted (each one request in lbd_requests_total once answered).",
+        sum(w, |m| m.http2_streams_total.get()),
     );
     let _ = writeln!(
         o,

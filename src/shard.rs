@@ -157,9 +157,9 @@ impl Shard {
                 .listeners
                 .iter()
                 .map(|l| {
-                    l.tls
-                        .as_ref()
-                        .and_then(|(m, t)| crate::tls::server_config(m).map(|c| (c, *t)))
+                    l.tls.as_ref().and_then(|(m, t)| {
+                        crate::tls::server_config(m, l.http2.is_some()).map(|c| (c, *t))
+                    })
                 })
                 .collect(),
             proxy_protocol_log: Cell::new(None),

@@ -413,6 +413,26 @@ impl Stream {
         }
     }
 
+    /// The TLS client and lbd agreed on HTTP/2 (ALPN `h2`).
+    pub fn alpn_h2(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.conn.alpn_protocol() == Some(b"h2"))
+    }
+
+    /// A server-side TLS stream's parts, for HTTP/2 (see
+    /// `downstream::poll_io`); any other stream comes back as it was.
+    pub fn into_server_tls(self) -> Result<(TcpStream, ServerConnection), Stream> {
+        match self {
+            Stream::Tls(t) => {
+                let Tls { tcp, conn, eof } = *t;
+                match conn {
+                    Connection::Server(s) => Ok((tcp, s)),
+                    conn => Err(Stream::Tls(Box::new(Tls { tcp, conn, eof }))),
+                }
+            }
+            plain => Err(plain),
+        }
+    }
+
     /// The server name a TLS client sent in SNI (server side only).
     pub fn server_name(&self) -> Option<&str> {
         match self {

@@ -4,8 +4,9 @@
 //! Crypto provider: rustls's `ring` provider (no C toolchain beyond what ring
 //! needs, lighter to build than aws-lc-rs). TLS 1.2 and 1.3 with rustls's
 //! defaults (no CBC, no RSA key exchange, no renegotiation). Listeners
-//! advertise ALPN `http/1.1` and pick a certificate by SNI, falling back to
-//! the default (the listener's own `cert_file`). Upstream connections verify
+//! advertise ALPN `h2, http/1.1` (`http/1.1` alone with `http2: false`)
+//! and pick a certificate by SNI, falling back to the default (the
+//! listener's own `cert_file`). Upstream connections verify
 //! the backend certificate for the group's `sni` name against `ca_file` or the
 //! built-in webpki root set, send SNI, and resume sessions on reconnect.
 //!
@@ -264,8 +265,9 @@ pub fn has_sni_certificates(m: &TlsMaterial) -> bool {
     matches!(m, TlsMaterial::Server { by_name, .. } if !by_name.is_empty())
 }
 
-/// Builds a worker's own server config.
-pub fn server_config(m: &TlsMaterial) -> Option<Arc<ServerConfig>> {
+/// Builds a worker's own server config; ALPN offers `h2` first when
+/// `http2` (the listener serves HTTP/2), then `http/1.1`.
+pub fn server_config(m: &TlsMaterial, http2: bool) -> Option<Arc<ServerConfig>> {
     let TlsMaterial::Server {
         default,
         by_name,
@@ -283,7 +285,11 @@ pub fn server_config(m: &TlsMaterial) -> Option<Arc<ServerConfig>> {
         .ok()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     if let Some(key) = tickets {
         cfg.ticketer = Arc::new(Tickets::new(key));
     }

@@ -8,9 +8,12 @@
 //! and hands the exchange to [`crate::proxy::forward`], implementing
 //! [`Downstream`] for it: the body bytes that came with the head, the rest of
 //! the body per its framing, `100 Continue`, and the HTTP/1 response head.
-//! Every read and write has a deadline. Errors map to one status via
-//! [`ProxyError::status`]; once response bytes reached the client, an error
-//! can only close the connection.
+//! On a listener with `http2`, a new connection first goes to
+//! [`super::h2::detect`] (ALPN, or the h2c preface) and, if it speaks
+//! HTTP/2, to [`super::h2::serve`], whose streams come back through
+//! [`prepare`]. Every read and write has a deadline. Errors map to one
+//! status via [`ProxyError::status`]; once response bytes reached the
+//! client, an error can only close the connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -93,6 +96,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, mut info: ConnInfo) 
     let mut cbuf: Option<InBuf> = early;
     // A connection back from the parking lot is readable already: no wait.
     let mut resumed = info.served > 0;
+    if fresh && listener.is_some_and(|l| l.http2.is_some()) {
+        // Boxed: HTTP/2's state never widens an HTTP/1 connection's future.
+        match Box::pin(super::h2::detect(&shard, client, &conn, cbuf.take())).await {
+            super::h2::Detected::Http1(c, b) => {
+                client = c;
+                resumed = b.is_some();
+                cbuf = b;
+            }
+            super::h2::Detected::Http2(io) => {
+                Box::pin(super::h2::serve(shard.clone(), io, conn)).await;
+                return End::Closed;
+            }
+            super::h2::Detected::Closed => return End::Closed,
+        }
+    }
     loop {
         if !std::mem::take(&mut resumed) && cbuf.as_ref().is_none_or(InBuf::is_empty) {
             if let Some(b) = cbuf.take() {
@@ -188,18 +206,18 @@ async fn linger(shard: &Shard, client: &mut Stream) {
 }
 
 /// What the request loop knows of its connection.
-struct Conn {
-    info: ConnInfo,
-    first_deadline: Instant,
+pub(super) struct Conn {
+    pub(super) info: ConnInfo,
+    pub(super) first_deadline: Instant,
     /// On a TLS listener with SNI certificates: the certificate the
     /// handshake chose (see [`crate::tls::certificate_for`]).
-    sni_cert: Option<usize>,
+    pub(super) sni_cert: Option<usize>,
     /// The client is in `trusted_proxies`: its forwarding headers and
     /// request id are kept.
-    trusted: bool,
+    pub(super) trusted: bool,
     /// The address the client reached lbd at, when some group sends PROXY
     /// protocol headers (their destination).
-    local: Option<SocketAddr>,
+    pub(super) local: Option<SocketAddr>,
 }
 
 /// A new connection's start: its PROXY protocol header (`pp`, which sets
@@ -262,7 +280,7 @@ fn local_address(client: &Stream, listener: Option<SocketAddr>) -> SocketAddr {
 }
 
 /// How an idle wait ended.
-enum Idle {
+pub(super) enum Idle {
     /// Bytes (or EOF) are waiting.
     Readable,
     /// Timed out, failed or drained: close.
@@ -277,7 +295,7 @@ enum Idle {
 /// `park`). While draining, an idle connection gets one short window for a
 /// request already on its way (served with Connection: close), then closes:
 /// closing at once would race with such a request.
-async fn wait_idle(shard: &Shard, client: &mut Stream, info: &ConnInfo) -> Idle {
+pub(super) async fn wait_idle(shard: &Shard, client: &mut Stream, info: &ConnInfo) -> Idle {
     let limits = &shard.config.limits;
     let idle_limit = if info.served == 0 {
         limits.header_timeout
@@ -528,18 +546,19 @@ async fn read_head(
 }
 
 /// A parsed, routed request: its head, route, affinity and request id.
-struct Routed {
-    head: RequestHead,
-    route: Route,
-    affinity: Affinity,
+pub(super) struct Routed {
+    pub(super) head: RequestHead,
+    pub(super) route: Route,
+    pub(super) affinity: Affinity,
     /// An allowed upgrade (index into the group's `upgrade_protocols`).
-    upgrade: Option<usize>,
-    request_id: Option<RequestId>,
+    pub(super) upgrade: Option<usize>,
+    pub(super) request_id: Option<RequestId>,
 }
 
 /// Parses the head at the start of `buf`, routes it and writes the upstream
-/// head (with the route's path and header rewrites) into `obuf`.
-fn prepare(
+/// head (with the route's path and header rewrites) into `obuf`. HTTP/2
+/// streams come here too, their head rebuilt as HTTP/1.1 ([`super::h2`]).
+pub(super) fn prepare(
     shard: &Shard,
     conn: &Conn,
     buf: &[u8],

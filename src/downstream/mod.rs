@@ -6,9 +6,13 @@
 //! [`crate::proxy::Downstream`] for the exchanges it hands to
 //! [`crate::proxy`]. [`proxy_protocol`] reads a PROXY protocol header in
 //! front of a connection (before TLS), [`request_id`] keeps or makes request
-//! ids. Other client protocols (HTTP/2) are rooms beside them.
+//! ids. [`h2`] serves HTTP/2 connections (h2c prior knowledge, ALPN `h2`),
+//! every stream one exchange through the same path, over the connection in
+//! poll form ([`poll_io`]).
 
 pub(crate) mod h1;
+pub(crate) mod h2;
+pub(crate) mod poll_io;
 pub(crate) mod proxy_protocol;
 pub(crate) mod request_id;
 

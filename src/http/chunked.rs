@@ -121,6 +121,22 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Inside chunk data: the next [`ChunkedDecoder::step`] returns a data
+    /// range.
+    pub fn in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    /// Past the last chunk: the next bytes are the trailer section (or
+    /// the final empty line). Fed one byte a step outside data, a consumer
+    /// can tell trailer bytes from framing (an HTTP/2 client's trailers).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart | State::TrailerLine | State::TrailerLf | State::EndLf
+        )
+    }
+
     /// Decodes from the start of `input`. Stops after the first data range, at
     /// the end of the body, or at the end of `input`. Bytes after the end of
     /// the body are never consumed.
