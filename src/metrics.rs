@@ -97,6 +97,8 @@ pub struct BackendCounters {
 pub struct WorkerMetrics {
     /// Responses sent to clients by status class: index 1..=5 for 1xx..5xx.
     pub responses: [Counter; 6],
+    /// Of those, the responses to HTTP/2 streams (the rest were HTTP/1).
+    pub responses_h2: [Counter; 6],
     /// Client connections open now (gauge).
     pub connections_active: Counter,
     /// Client connections accepted.
@@ -154,6 +156,7 @@ impl WorkerMetrics {
     pub fn new(backends: usize, routes: usize) -> Self {
         WorkerMetrics {
             responses: Default::default(),
+            responses_h2: Default::default(),
             connections_active: Counter::default(),
             connections_total: Counter::default(),
             connections_parked: Counter::default(),
@@ -173,6 +176,14 @@ impl WorkerMetrics {
     #[inline]
     pub fn response(&self, status: u16) {
         self.responses[class_of(status)].inc();
+    }
+
+    /// Counts one response with `status` to an HTTP/2 stream (in the
+    /// totals too).
+    #[inline]
+    pub fn response_h2(&self, status: u16) {
+        self.responses[class_of(status)].inc();
+        self.responses_h2[class_of(status)].inc();
     }
 
     /// Counts one response with `status` for route slot `slot`.
@@ -508,18 +519,29 @@ pub fn prometheus(s: &Scrape<'_>) -> String {
 fn client_families(o: &mut String, w: &[std::sync::Arc<WorkerMetrics>]) {
     let _ = writeln!(
         o,
-        "# HELP lbd_requests_total Responses sent to clients, by status class."
+        "# HELP lbd_requests_total Responses sent to clients, by status class and client protocol."
     );
     let _ = writeln!(o, "# TYPE lbd_requests_total counter");
+    // The `h2` series appear once an HTTP/2 stream was answered, so a
+    // process that serves only HTTP/1 keeps one series per class.
+    let h2_seen = w.iter().any(|m| m.responses_h2.iter().any(|c| c.get() > 0));
     for (i, class) in ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
         .iter()
         .enumerate()
     {
+        let all = sum(w, |m| m.responses[i].get());
+        let h2 = sum(w, |m| m.responses_h2[i].get());
         let _ = writeln!(
             o,
-            "lbd_requests_total{{code=\"{class}\"}} {}",
-            sum(w, |m| m.responses[i].get())
+            "lbd_requests_total{{code=\"{class}\",protocol=\"http/1.1\"}} {}",
+            all.saturating_sub(h2)
         );
+        if h2_seen {
+            let _ = writeln!(
+                o,
+                "lbd_requests_total{{code=\"{class}\",protocol=\"h2\"}} {h2}"
+            );
+        }
     }
     scalar(
         o,

@@ -123,6 +123,12 @@ pub(crate) trait Downstream {
     /// until the tunnel ends (or idles for `idle`).
     async fn tunnel(&mut self, up: &mut Stream, idle: Duration) -> Carried;
 
+    /// Counts the final response `status` in the client metrics (by
+    /// protocol: HTTP/2 streams override this).
+    fn count_response(&self, shard: &Shard, status: u16) {
+        shard.metrics.response(status);
+    }
+
     /// Writes `buf[start..end]` (response bytes) to the client; hands the
     /// buffer back.
     async fn write(
@@ -410,7 +416,7 @@ async fn relay_response<D: Downstream>(
             return Err(Failure::Respond(err, obuf));
         }
     }
-    shard.metrics.response(resp.status);
+    down.count_response(shard, resp.status);
     let len = obuf.len();
     let (res, ob) = down.write(obuf, 0, len).await;
     buffer::give(ob);
@@ -461,7 +467,7 @@ async fn switch<D: Downstream>(
 ) -> Result<Done, Failure> {
     obuf.extend_from_slice(ub.data());
     ub.release();
-    shard.metrics.response(resp.status);
+    down.count_response(shard, resp.status);
     let len = obuf.len();
     let (res, ob) = down.write(obuf, 0, len).await;
     buffer::give(ob);

@@ -175,7 +175,17 @@ fn h2load_100_streams_on_one_connection_across_two_backends() {
     // Streams count like HTTP/1 requests, in metrics and the access log.
     assert_eq!(metric(admin, "lbd_http2_connections_total"), 1.0);
     assert_eq!(metric(admin, "lbd_http2_streams_total"), 1000.0);
-    assert_eq!(metric(admin, "lbd_requests_total{code=\"2xx\"}"), 1000.0);
+    assert_eq!(
+        metric(admin, "lbd_requests_total{code=\"2xx\",protocol=\"h2\"}"),
+        1000.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "lbd_requests_total{code=\"2xx\",protocol=\"http/1.1\"}"
+        ),
+        0.0
+    );
     let t = Instant::now();
     let text = loop {
         let text = fs::read_to_string(&log).unwrap_or_default();

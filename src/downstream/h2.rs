@@ -422,7 +422,7 @@ fn access_fields(shard: &Shard, head: &[u8]) -> Option<crate::access_log::Fields
 
 /// Sends a bodiless response with `status` (lbd's own answer).
 fn respond_status(shard: &Shard, respond: &mut SendResponse<Bytes>, status: u16) {
-    shard.metrics.response(status);
+    shard.metrics.response_h2(status);
     let mut r = ::http::Response::new(());
     *r.status_mut() =
         ::http::StatusCode::from_u16(status).unwrap_or(::http::StatusCode::BAD_GATEWAY);
@@ -760,6 +760,10 @@ impl Downstream for H2Exchange<'_> {
         buffer::give(out);
         *body = Body::Done;
         Ok(BodyEnd::Complete)
+    }
+
+    fn count_response(&self, shard: &Shard, status: u16) {
+        shard.metrics.response_h2(status);
     }
 
     fn encode_head(
