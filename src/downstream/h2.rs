@@ -547,6 +547,20 @@ fn client_h2(e: ::h2::Error) -> ProxyError {
     ProxyError::downstream(ErrorKind::ClientIo(std::io::Error::other(e)))
 }
 
+/// Writes all of `out` upstream within `limit`; hands the buffer back, or
+/// returns it to the free list on failure.
+async fn send_up(up: &mut Stream, out: Vec<u8>, limit: Duration) -> Result<Vec<u8>, ProxyError> {
+    let len = out.len();
+    let (res, out) = up.write_range(out, 0, len, limit).await;
+    match res {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            buffer::give(out);
+            Err(upstream_io(e))
+        }
+    }
+}
+
 fn upstream_io(e: std::io::Error) -> ProxyError {
     ProxyError::upstream(ErrorKind::UpstreamIo(e))
 }
@@ -713,15 +727,7 @@ impl Downstream for H2Exchange<'_> {
                 out.extend_from_slice(&data);
             }
             drop(data);
-            let len = out.len();
-            let (res, o) = up
-                .write_range(out, 0, len, limits.upstream_body_timeout)
-                .await;
-            out = o;
-            if let Err(e) = res {
-                buffer::give(out);
-                return Err(upstream_io(e));
-            }
+            out = send_up(up, out, limits.upstream_body_timeout).await?;
             // The bytes went upstream: the client may send as many more.
             let _ = self.body.flow_control().release_capacity(n);
         }
@@ -747,15 +753,7 @@ impl Downstream for H2Exchange<'_> {
                 }
             }
             out.extend_from_slice(b"\r\n");
-            let len = out.len();
-            let (res, o) = up
-                .write_range(out, 0, len, limits.upstream_body_timeout)
-                .await;
-            out = o;
-            if let Err(e) = res {
-                buffer::give(out);
-                return Err(upstream_io(e));
-            }
+            out = send_up(up, out, limits.upstream_body_timeout).await?;
         }
         buffer::give(out);
         *body = Body::Done;
