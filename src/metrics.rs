@@ -114,6 +114,9 @@ pub struct WorkerMetrics {
     pub http2_connections_total: Counter,
     /// HTTP/2 streams served (each also counts in `responses`).
     pub http2_streams_total: Counter,
+    /// HTTP/2 connections ended with GOAWAY ENHANCE_YOUR_CALM by the flood
+    /// meter (too many control or empty frames in a row).
+    pub http2_floods_total: Counter,
     /// Bytes tunnels carried from clients to backends.
     pub tunnel_bytes_upstream: Counter,
     /// Bytes tunnels carried from backends to clients.
@@ -164,6 +167,7 @@ impl WorkerMetrics {
             tunnels_total: Counter::default(),
             http2_connections_total: Counter::default(),
             http2_streams_total: Counter::default(),
+            http2_floods_total: Counter::default(),
             tunnel_bytes_upstream: Counter::default(),
             tunnel_bytes_downstream: Counter::default(),
             proxy_protocol_rejected: Default::default(),
@@ -608,6 +612,13 @@ fn tunnel_families(o: &mut String, w: &[std::sync::Arc<WorkerMetrics>]) {
         "counter",
         "HTTP/2 streams accepted (each one request in lbd_requests_total once answered).",
         sum(w, |m| m.http2_streams_total.get()),
+    );
+    scalar(
+        o,
+        "lbd_http2_floods_total",
+        "counter",
+        "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for sending control or empty frames without progress.",
+        sum(w, |m| m.http2_floods_total.get()),
     );
     let _ = writeln!(
         o,

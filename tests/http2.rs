@@ -258,6 +258,14 @@ fn ten_mib_upload_and_download_byte_exact() {
 /// A keep-alive HTTP/1.1 origin whose every response is chunked with a
 /// trailer section: `hello` then `X-Checksum: abc` and `X-Count: 5`.
 fn trailer_origin() -> u16 {
+    canned_origin(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Count: 5\r\n\r\n",
+    )
+}
+
+/// A keep-alive HTTP/1.1 origin answering every GET with `resp` verbatim.
+fn canned_origin(resp: &'static str) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
@@ -277,8 +285,6 @@ fn trailer_origin() -> u16 {
                             Ok(_) => {}
                         }
                     }
-                    let resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                                5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Count: 5\r\n\r\n";
                     if w.write_all(resp.as_bytes()).is_err() {
                         return;
                     }
@@ -287,6 +293,52 @@ fn trailer_origin() -> u16 {
         }
     });
     port
+}
+
+#[test]
+fn interim_responses_are_relayed_before_the_final_one() {
+    let port = canned_origin(
+        "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
+         HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let lbd = LbdConf::front(&[port])
+        .listener_extra("http2: true")
+        .start();
+    let w = h2client(lbd.port, &["get", "/"]);
+    assert_eq!(word(&w, "interim"), "103", "{w:?}");
+    assert_eq!(
+        word(&w, "link"),
+        "</style.css>;rel=preload;as=style",
+        "{w:?}"
+    );
+    assert_eq!(
+        (word(&w, "status"), word(&w, "body")),
+        ("200", "5"),
+        "{w:?}"
+    );
+    // curl sees it too, and HTTP/1.1 clients as before.
+    let out = curl(&[
+        "-sv",
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{}/", lbd.port),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("< HTTP/2 103"), "{err}");
+    assert!(err.contains("< HTTP/2 200"), "{err}");
+    let mut c = lbd.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let early = c.response();
+    assert_eq!(early.status, 103);
+    let link = early
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("link"));
+    assert_eq!(
+        link.map(|(_, v)| v.as_str()),
+        Some("</style.css>; rel=preload; as=style")
+    );
+    let r = c.response();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
 }
 
 #[test]
@@ -457,19 +509,49 @@ fn an_hpack_bomb_is_refused_at_the_header_list_size() {
 }
 
 #[test]
-fn ping_settings_and_empty_data_floods_leave_lbd_serving() {
+fn ping_settings_window_and_empty_data_floods_end_in_goaway_enhance_your_calm() {
     let o = Origin::start("a");
-    let lbd = h2c(&[&o]).start();
-    for (mode, n) in [
-        ("ping-flood", "100000"),
-        ("settings-flood", "100000"),
-        ("empty-data", "100000"),
-    ] {
+    let admin = free_port();
+    let lbd = h2c(&[&o]).admin(admin).start();
+    // Empty DATA frames are counted by the h2 crate too (its own
+    // `too_many_data_frames` GOAWAY, also ENHANCE_YOUR_CALM), whichever
+    // trips first.
+    let modes = [
+        ("ping-flood", true),
+        ("settings-flood", true),
+        ("window-flood", true),
+        ("empty-data", false),
+    ];
+    let mut metered = 0.0;
+    for (mode, ours) in modes {
         let t = Instant::now();
-        let w = h2client(lbd.port, &[mode, n]);
-        assert!(t.elapsed() < Duration::from_secs(20), "{mode}: {w:?}");
+        let w = h2client(lbd.port, &[mode, "100000"]);
+        // ENHANCE_YOUR_CALM (11), well before the flood was all read.
+        assert_eq!(word(&w, "goaway"), "11", "{mode}: {w:?}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{mode}: {w:?}");
+        let floods = metric(admin, "lbd_http2_floods_total");
+        if ours {
+            metered += 1.0;
+            assert_eq!(floods, metered, "{mode}");
+        }
         still_serves(lbd.port, &lbd);
     }
+}
+
+#[test]
+fn pings_and_window_updates_between_response_data_are_no_flood() {
+    let o = Origin::start("a");
+    let admin = free_port();
+    let lbd = h2c(&[&o]).admin(admin).start();
+    // A 15 MB download and 100 of 100 kB, a PING and a WINDOW_UPDATE after
+    // each DATA frame: some 2,000 control frames in each, with the
+    // response's DATA between them.
+    for (n, size, total) in [("1", "15000000", "15000000"), ("100", "100000", "10000000")] {
+        let w = h2client(lbd.port, &["pings-with-data", n, size]);
+        assert_eq!(word(&w, "goaway"), "none", "{w:?}");
+        assert_eq!(word(&w, "body"), total, "{w:?}");
+    }
+    assert_eq!(metric(admin, "lbd_http2_floods_total"), 0.0);
 }
 
 #[test]

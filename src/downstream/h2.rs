@@ -33,7 +33,7 @@ use monoio::io::IntoPollIo;
 use monoio::time::Instant;
 
 use super::h1::{self, Conn, Idle, Routed};
-use super::poll_io::{Io, Prefixed, TlsPoll};
+use super::poll_io::{Io, Prefixed, TlsPoll, Transport};
 use super::request_id::RequestId;
 use crate::buffer::{self, InBuf};
 use crate::config::HeaderPair;
@@ -110,7 +110,7 @@ pub(super) async fn detect(
         }
         return match client.into_server_tls() {
             Ok((tcp, tls)) => match tcp.into_poll_io() {
-                Ok(io) => Detected::Http2(Io::Tls(Box::new(TlsPoll::new(io, tls)))),
+                Ok(io) => Detected::Http2(Io::new(Transport::Tls(Box::new(TlsPoll::new(io, tls))))),
                 Err(e) => {
                     log::debug!("{}: cannot switch to poll I/O: {e}", conn.info.peer);
                     Detected::Closed
@@ -150,7 +150,7 @@ pub(super) async fn detect(
         return Detected::Closed;
     };
     match tcp.into_poll_io() {
-        Ok(io) => Detected::Http2(Io::Plain(Prefixed::new(prefix, io))),
+        Ok(io) => Detected::Http2(Io::new(Transport::Plain(Prefixed::new(prefix, io)))),
         Err(e) => {
             log::debug!("{}: cannot switch to poll I/O: {e}", conn.info.peer);
             Detected::Closed
@@ -182,6 +182,7 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_concurrent_reset_streams(MAX_PENDING_ACCEPT_RESETS * 2);
+    let flooding = io.flooding();
     let handshake = monoio::time::timeout_at(conn.first_deadline, builder.handshake(io)).await;
     let mut h2c = match handshake {
         Ok(Ok(c)) => c,
@@ -202,8 +203,21 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
     loop {
         let next = monoio::select! {
             r = h2c.accept() => Some(r),
+            _ = flood(&flooding), if goaway_at.is_none() => None,
             _ = monoio::time::sleep(TICK) => None,
         };
+        if flooding.get() && goaway_at.is_none() {
+            log::debug!("{peer}: HTTP/2 flood of control or empty frames: GOAWAY");
+            shard.metrics.http2_floods_total.inc();
+            h2c.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            goaway_at = Some(Instant::now());
+            continue;
+        }
+        let now = Instant::now();
+        if flooding.get() && goaway_at.is_some_and(|at| now - at >= GOAWAY_LINGER) {
+            // A flooding client that does not read its GOAWAY gets no more.
+            break;
+        }
         match next {
             Some(None) => {
                 log::debug!("{peer}: HTTP/2 connection closed");
@@ -235,7 +249,6 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
             }
             None => {}
         }
-        let now = Instant::now();
         if open.get() > 0 {
             active_at = now;
         }
@@ -252,6 +265,19 @@ pub(super) async fn serve(shard: Rc<Shard>, io: Io, conn: Conn) {
             _ => {}
         }
     }
+}
+
+/// Resolves once the connection's flood meter has tripped (it wakes this
+/// task then: the meter runs in this task's reads).
+async fn flood(flooding: &Cell<bool>) {
+    std::future::poll_fn(|_| {
+        if flooding.get() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Serves one stream: rebuilds its head, routes it, forwards it, logs it.
@@ -333,6 +359,7 @@ async fn stream(
         respond,
         send: None,
         pending: None,
+        interim: None,
         remaining: None,
         ended: false,
         chunks: None,
@@ -526,6 +553,8 @@ struct H2Exchange<'a> {
     send: Option<SendStream<Bytes>>,
     /// The final response head, sent with the first write.
     pending: Option<::http::Response<()>>,
+    /// An interim (1xx) head, sent by the write that follows it.
+    interim: Option<::http::Response<()>>,
     /// Response body bytes still to come, when the framing says.
     remaining: Option<u64>,
     /// END_STREAM was sent.
@@ -775,11 +804,6 @@ impl Downstream for H2Exchange<'_> {
             dechunk: false,
             close_client: false,
         };
-        // Interim responses are not relayed (no `100 Continue` wait, see
-        // `upstream_ready`); nothing is written for them.
-        if resp.head.interim {
-            return keep;
-        }
         // The HTTP/1 head lbd would send, with the route's extras, turned
         // into HTTP/2 headers without the connection-specific ones.
         let ctx = ClientContext {
@@ -814,6 +838,12 @@ impl Downstream for H2Exchange<'_> {
                 headers.append(name, value);
             }
         }
+        if resp.head.interim {
+            // 1xx (103 Early Hints, 100 Continue): a HEADERS frame of its
+            // own before the final response (RFC 9113 §8.1).
+            self.interim = Some(response);
+            return keep;
+        }
         self.remaining = match resp.head.framing {
             Framing::Length(n) => Some(n),
             Framing::None => Some(0),
@@ -839,6 +869,10 @@ impl Downstream for H2Exchange<'_> {
         start: usize,
         end: usize,
     ) -> (Result<(), ProxyError>, Vec<u8>) {
+        if let Some(interim) = self.interim.take() {
+            let res = self.respond.send_informational(interim);
+            return (res.map_err(client_h2), buf);
+        }
         let n = end.saturating_sub(start);
         let last = self.remaining == Some(n as u64);
         if let Some(resp) = self.pending.take() {

@@ -8,10 +8,12 @@
 //! front of a connection (before TLS), [`request_id`] keeps or makes request
 //! ids. [`h2`] serves HTTP/2 connections (h2c prior knowledge, ALPN `h2`),
 //! every stream one exchange through the same path, over the connection in
-//! poll form ([`poll_io`]).
+//! poll form ([`poll_io`]), metered for control-frame floods
+//! ([`h2_flood`]).
 
 pub(crate) mod h1;
 pub(crate) mod h2;
+pub(crate) mod h2_flood;
 pub(crate) mod poll_io;
 pub(crate) mod proxy_protocol;
 pub(crate) mod request_id;

@@ -10,21 +10,53 @@
 //! connections never leave lbd's ring path, and plaintext rustls already
 //! decrypted (the preface often comes with the client's last handshake
 //! flight) is read first because it is still in the same connection.
+//!
+//! Both shapes pass their plaintext through the connection's
+//! [`FloodMeter`]; once it trips, reads stop (the rest of the flood stays in
+//! the socket) and the connection's task is woken to send its GOAWAY.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A client connection in poll form.
-pub(crate) enum Io {
+use super::h2_flood::{FloodMeter, MAX_IDLE_FRAMES};
+
+/// A client connection in poll form, metered for floods.
+pub(crate) struct Io {
+    transport: Transport,
+    meter: FloodMeter,
+    /// Set once the meter trips; shared with the connection's task.
+    flooding: Rc<Cell<bool>>,
+}
+
+/// The bytes under an [`Io`].
+pub(crate) enum Transport {
     /// h2c: plain TCP, with the bytes already read.
     Plain(Prefixed),
     /// h2 over TLS (ALPN).
     Tls(Box<TlsPoll>),
+}
+
+impl Io {
+    /// `transport`, metered from its first byte (the client preface).
+    pub(crate) fn new(transport: Transport) -> Self {
+        Io {
+            transport,
+            meter: FloodMeter::new(MAX_IDLE_FRAMES),
+            flooding: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// The flag the meter sets when it trips.
+    pub(crate) fn flooding(&self) -> Rc<Cell<bool>> {
+        self.flooding.clone()
+    }
 }
 
 /// Plain TCP that first yields bytes read before the switch to poll-io.
@@ -223,8 +255,50 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.flooding.get() {
+            // The task was woken when the meter tripped; it sends GOAWAY.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.transport).poll_read(cx, buf))?;
+        if this.meter.read(&buf.filled()[before..]) {
+            this.flooding.set(true);
+            cx.waker().wake_by_ref();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.transport).poll_write(cx, buf))?;
+        this.meter.wrote(&buf[..n.min(buf.len())]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().transport).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().transport).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(p) => {
+            Transport::Plain(p) => {
                 if p.pos < p.prefix.len() {
                     let n = (p.prefix.len() - p.pos).min(buf.remaining());
                     buf.put_slice(&p.prefix[p.pos..p.pos + n]);
@@ -237,34 +311,34 @@ impl AsyncRead for Io {
                 }
                 Pin::new(&mut p.io).poll_read(cx, buf)
             }
-            Io::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+            Transport::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Io {
+impl AsyncWrite for Transport {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(p) => Pin::new(&mut p.io).poll_write(cx, buf),
-            Io::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+            Transport::Plain(p) => Pin::new(&mut p.io).poll_write(cx, buf),
+            Transport::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(p) => Pin::new(&mut p.io).poll_flush(cx),
-            Io::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+            Transport::Plain(p) => Pin::new(&mut p.io).poll_flush(cx),
+            Transport::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(p) => Pin::new(&mut p.io).poll_shutdown(cx),
-            Io::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+            Transport::Plain(p) => Pin::new(&mut p.io).poll_shutdown(cx),
+            Transport::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
         }
     }
 }

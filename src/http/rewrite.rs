@@ -373,8 +373,16 @@ pub fn write_client_head(
 ) -> ClientHead {
     let h = &resp.head;
     if h.interim {
+        // Relayed with its headers (103 Early Hints' `Link`), without the
+        // hop-by-hop ones; an HTTP/1.0 client gets none (RFC 9110 §15.2).
         if !ctx.http10 {
             write_status_line(out, h.status, resp.reason);
+            for hd in resp.headers {
+                let name = hd.name.as_bytes();
+                if !is_hop_by_hop(name) && !named_by_connection(resp.headers, name) {
+                    push_header(out, name, hd.value);
+                }
+            }
             out.extend_from_slice(b"\r\n");
         }
         return ClientHead {
@@ -594,6 +602,16 @@ mod tests {
         let (h, out) = parse(b"HTTP/1.1 100 Continue\r\n\r\n", CTX).unwrap();
         assert!(h.interim);
         assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
+        let (h, out) = parse(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x\r\nX: 1\r\n\r\n",
+            CTX,
+        )
+        .unwrap();
+        assert!(h.interim);
+        assert_eq!(
+            out,
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        );
         assert_eq!(
             parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", CTX).unwrap_err(),
             ResponseError::UnexpectedSwitch

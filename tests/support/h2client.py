@@ -10,9 +10,13 @@ Modes (each prints one line of `key=value` words the test reads):
                         reset=<error code> if the stream was reset
   rapid-reset N         N streams opened and reset at once (CVE-2023-44487)
   continuation N        HEADERS then N CONTINUATION frames (CVE-2024-27316)
-  ping-flood N          N PINGs without reading the acks
-  settings-flood N      N SETTINGS frames without reading the acks
-  empty-data N          a POST with N empty DATA frames
+  ping-flood N          N PINGs sent at once (a writer thread; the reader
+                        only scans for GOAWAY)
+  settings-flood N      N SETTINGS frames, likewise
+  window-flood N        N WINDOW_UPDATE frames, likewise
+  empty-data N          a POST with N empty DATA frames, likewise
+  pings-with-data N SIZE  N downloads of SIZE bytes, one at a time, with a
+                        PING after each DATA frame (like gRPC's BDP pings)
   post-trailers PATH    a POST of `hello` with no length, then trailers
                         x-checksum: abc
   hpack-bomb N          a 4 KiB header put in the HPACK table by stream 1,
@@ -28,6 +32,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
 
 import h2.config
@@ -71,6 +76,8 @@ class Result:
         self.closed = False
         self.ended = False
         self.trailers = "none"
+        self.interim = "none"
+        self.link = "none"
         # The server's frames, scanned independently of the h2 state
         # machine (which refuses any frame after a GOAWAY).
         self.raw = b""
@@ -122,6 +129,12 @@ def pump(s, c, r, until, limit=10.0):
                 for n, v in e.headers:
                     if n == b":status":
                         r.status = int(v)
+            elif isinstance(e, h2.events.InformationalResponseReceived):
+                for n, v in e.headers:
+                    if n == b":status":
+                        r.interim = v.decode()
+                    elif n == b"link":
+                        r.link = v.decode().replace(" ", "")
             elif isinstance(e, h2.events.DataReceived):
                 r.body += len(e.data)
                 c.acknowledge_received_data(len(e.data), e.stream_id)
@@ -150,10 +163,36 @@ def send_raw(s, r, data):
         r.closed = True
 
 
+def flood(s, r, data):
+    """Sends `data` from a thread while reading the server's frames."""
+    def write():
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    end = time.time() + 15
+    s.settimeout(0.5)
+    while r.goaway == "none" and time.time() < end:
+        try:
+            got = s.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            r.closed = True
+            break
+        if not got:
+            r.closed = True
+            break
+        r.scan(got)
+
+
 def report(r):
     print(
         f"status={r.status} body={r.body} ended={r.ended} trailers={r.trailers} reset={r.reset} "
-        f"goaway={r.goaway} closed={r.closed}"
+        f"goaway={r.goaway} closed={r.closed} interim={r.interim} link={r.link}"
     )
 
 
@@ -209,15 +248,37 @@ def main():
                 r.scan(data)
         pump(s, c, r, lambda r: r.goaway != "none" or r.closed)
     elif mode == "ping-flood":
-        n = int(args[0])
-        ping = frame(0x6, 0x0, 0, b"12345678")
-        send_raw(s, r, ping * n)
-        pump(s, c, r, lambda r: r.goaway != "none" or r.closed, limit=5.0)
+        flood(s, r, frame(0x6, 0x0, 0, b"12345678") * int(args[0]))
     elif mode == "settings-flood":
-        n = int(args[0])
-        settings = frame(0x4, 0x0, 0, struct.pack(">HI", 0x3, 100))
-        send_raw(s, r, settings * n)
-        pump(s, c, r, lambda r: r.goaway != "none" or r.closed, limit=5.0)
+        flood(s, r, frame(0x4, 0x0, 0, struct.pack(">HI", 0x3, 100)) * int(args[0]))
+    elif mode == "window-flood":
+        flood(s, r, frame(0x8, 0x0, 0, struct.pack(">I", 1)) * int(args[0]))
+    elif mode == "pings-with-data":
+        n, size = int(args[0]), int(args[1])
+        for i in range(n):
+            sid = 1 + 2 * i
+            c.send_headers(sid, headers(port, f"/big?size={size}"), end_stream=True)
+            s.sendall(c.data_to_send())
+            r.ended = False
+            end = time.time() + 10
+            s.settimeout(0.5)
+            while not r.ended and r.goaway == "none" and not r.closed and time.time() < end:
+                try:
+                    data = s.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    r.closed = True
+                    break
+                r.scan(data)
+                for e in c.receive_data(data):
+                    if isinstance(e, h2.events.DataReceived):
+                        r.body += len(e.data)
+                        c.acknowledge_received_data(len(e.data), e.stream_id)
+                        c.ping(b"bdp-ping")
+                    elif isinstance(e, h2.events.StreamEnded):
+                        r.ended = True
+                s.sendall(c.data_to_send())
     elif mode == "post-trailers":
         c.send_headers(1, headers(port, args[0], method="POST"), end_stream=False)
         c.send_data(1, b"hello", end_stream=False)
@@ -281,9 +342,7 @@ def main():
     elif mode == "empty-data":
         n = int(args[0])
         c.send_headers(1, headers(port, "/echo", method="POST"), end_stream=False)
-        data = c.data_to_send() + frame(0x0, 0x0, 1, b"") * n
-        send_raw(s, r, data)
-        pump(s, c, r, lambda r: r.goaway != "none" or r.closed, limit=5.0)
+        flood(s, r, c.data_to_send() + frame(0x0, 0x0, 1, b"") * n)
     else:
         sys.exit(f"unknown mode {mode}")
     report(r)
