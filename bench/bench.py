@@ -21,6 +21,10 @@ Contenders:
   lbd      target/release/lbd --threads 1
   nginx    1 worker, upstream keepalive 128, proxy_http_version 1.1
   haproxy  nbthread 1, http-reuse always, started under taskset
+  caddy    Caddy (Debian's caddy 2.6), GOMAXPROCS=1, reverse_proxy as its
+           documentation shows for load balancing (lb_policy round_robin),
+           keep-alive upstream transport with 128 idle connections per
+           host (its default is 32), admin endpoint off, error logs only
   pingora  optional: bench/pingora-lb, Pingora's load-balancer quick start
            (crate `pingora`, feature `lb`: LoadBalancer<RoundRobin>, threads: 1,
            its default upstream pool of 128, plain HTTP, no health checks,
@@ -51,9 +55,10 @@ Scenarios (per contender):
   ka-small / ka-1k / ka-64k   closed loop, wrk -t1 -c64, keep-alive
   close-small                 wrk -c64 -H "Connection: close" (new client
                               connection per request; upstream keep-alive)
-  rate-25/50/75               oha -q at 25/50/75% of the weakest proxy's
-                              ka-small max (Pingora left out of that
-                              choice), --latency-correction
+  rate-50/75                  oha -q at 50/75% of lbd's own ka-small max
+                              (issue 17's tail goal; the weakest proxy's
+                              when lbd is not a contender),
+                              --latency-correction
   idle                        N idle keep-alive client connections: proxy
                               RSS growth per connection (bench/idle_rss.py)
 Per contender and scenario: req/s, p50/p99/p99.9, errors (socket errors,
@@ -95,7 +100,7 @@ LUA = os.path.join(BENCH, "report.lua")
 ORIGIN_PORTS = {"small": (18081, 18082), "1k": (18083, 18084), "64k": (18085, 18086)}
 BODY_BYTES = {"small": 17, "1k": 1024, "64k": 65536}
 PROXY_PORT = {"floor": 16191, "lbd": 16188, "nginx": 16189, "haproxy": 16190, "pingora": 16192,
-              "lbd-lc": 16193, "lbd-p2c": 16194, "lbd-routes": 16195, "lbd-base": 16196}
+              "lbd-lc": 16193, "lbd-p2c": 16194, "lbd-routes": 16195, "lbd-base": 16196, "caddy": 16197}
 # lbd configured otherwise, as contenders of their own (--contenders
 # lbd,lbd-lc,lbd-p2c,lbd-routes, or --variants): balance least_conn, balance
 # p2c, and ten routes with the request matching the last-resort default.
@@ -103,9 +108,10 @@ LBD_VARIANTS = ["lbd-lc", "lbd-p2c", "lbd-routes"]
 # LBD_BASE_BIN=path adds contender "lbd-base": that build with lbd's plain
 # config, interleaved with the others (before/after a change in one run).
 LBD_BASE = os.environ.get("LBD_BASE_BIN")
-# Default contenders; a full run appends "pingora" when bench/pingora-lb is built.
-CONTENDERS = ["direct", "floor", "lbd", "nginx", "haproxy"]
-PROXIES = ["floor", "lbd", "nginx", "haproxy", "pingora"]
+# Default contenders; a full run appends "pingora" when bench/pingora-lb is
+# built, and "caddy" is one when the caddy binary is installed.
+CONTENDERS = ["direct", "floor", "lbd", "nginx", "haproxy", "caddy"]
+PROXIES = ["floor", "lbd", "nginx", "haproxy", "caddy", "pingora"]
 
 
 def log(msg):
@@ -398,6 +404,31 @@ backend be
 {srv}"""
 
 
+def caddy_conf(port, backends, tls=None):
+    ups = " ".join(f"127.0.0.1:{b}" for b in backends)
+    site = f"https://:{port}" if tls else f"http://:{port}"
+    cert = f"\n\ttls {tls['cert']} {tls['key']}" if tls else ""
+    return f"""{{
+\tadmin off
+\tauto_https off
+\tlog {{
+\t\tlevel ERROR
+\t}}
+}}
+{site} {{
+\tbind 127.0.0.1{cert}
+\treverse_proxy {ups} {{
+\t\tlb_policy round_robin
+\t\ttransport http {{
+\t\t\tkeepalive 300s
+\t\t\tkeepalive_idle_conns 128
+\t\t\tkeepalive_idle_conns_per_host 128
+\t\t}}
+\t}}
+}}
+"""
+
+
 def lbd_conf(port, backends, hist, variant="lbd", tls=None):
     b = ", ".join(f"127.0.0.1:{x}" for x in backends)
     balance = {"lbd-lc": "    balance: least_conn\n", "lbd-p2c": "    balance: p2c\n"}.get(variant, "")
@@ -534,6 +565,16 @@ class Bench:
             with open(conf, "w") as f:
                 f.write(haproxy_conf(port, backends, self.tls, self.a.h2))
             s = Server("haproxy", ["haproxy", "-db", "-f", conf], self.proxy_cpus, self.work, stop_sig=signal.SIGTERM)
+        elif name == "caddy":
+            conf = os.path.join(self.work, "Caddyfile")
+            with open(conf, "w") as f:
+                f.write(caddy_conf(port, backends, self.tls))
+            # One Go scheduler thread, as the others get one worker; HOME
+            # and XDG dirs in the work dir (Caddy writes its storage there).
+            env = dict(os.environ, GOMAXPROCS="1", HOME=self.work, XDG_DATA_HOME=self.work,
+                       XDG_CONFIG_HOME=self.work)
+            s = Server("caddy", ["caddy", "run", "--config", conf, "--adapter", "caddyfile"],
+                       self.proxy_cpus, self.work, env=env, stop_sig=signal.SIGTERM)
         elif name == "pingora":
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
             env = dict(os.environ, RUST_LOG="warn")
@@ -823,14 +864,16 @@ class Bench:
         # Pingora is far slower than the others here: rates based on its max
         # would tell nothing about the rest, so it runs at theirs (and may
         # fall behind: see the '!' mark).
-        maxes = [r["median"]["rps"] for r in self.results
-                 if r["scenario"] == "ka-small" and r["contender"] in PROXIES and r["contender"] in self.a.contenders
-                 and r["contender"] != "pingora"]
+        # Issue 17's tail goal: 50% and 75% of lbd's own ka-small maximum
+        # (the weakest proxy's when lbd is not a contender).
+        ka = {r["contender"]: r["median"]["rps"] for r in self.results
+              if r["scenario"] == "ka-small" and r["contender"] in PROXIES and r["contender"] in self.a.contenders
+              and r["contender"] != "pingora"}
+        base = ka.get("lbd") or (min(ka.values()) if ka else None)
         if self.a.rates:  # absolute rates given: scenario names say so
             plan = [(f"rate-{r}", r) for r in self.a.rates]
-        elif maxes:
-            weakest = min(maxes)
-            plan = [(f"rate-{p}", int(round(weakest * p / 100, -2))) for p in ([50] if self.a.quick else [25, 50, 75])]
+        elif base:
+            plan = [(f"rate-{p}", int(round(base * p / 100, -2))) for p in ([50] if self.a.quick else [50, 75])]
         else:
             return
         started = self.start_all("small")
@@ -919,8 +962,44 @@ def table(results):
     return "\n".join(lines)
 
 
+# Issue 17's goals: (label, scenario, contender over reference, field, at most).
+GOALS = [
+    ("1 small keep-alive vs floor", "ka-small", "floor", "cpu_us_per_req", 1.10),
+    ("1 small keep-alive vs nginx", "ka-small", "nginx", "cpu_us_per_req", 0.85),
+    ("2 tail at 50% of lbd's max vs HAProxy (client p99)", "rate-50", "haproxy", "p99_us", 1.0),
+    ("2 tail at 75% of lbd's max vs HAProxy (client p99)", "rate-75", "haproxy", "p99_us", 1.0),
+    ("3 new connection per request vs nginx", "close-small", "nginx", "cpu_us_per_req", 0.85),
+    ("4 TLS keep-alive vs nginx", "tls-ka-small", "nginx", "cpu_us_per_req", 1.0),
+    ("4 TLS full handshake per request vs nginx", "tls-close-small", "nginx", "cpu_us_per_req", 1.0),
+    ("4 TLS resumed per request vs nginx", "tls-resume-small", "nginx", "cpu_us_per_req", 1.0),
+    ("5 64 KiB responses vs HAProxy", "ka-64k", "haproxy", "cpu_us_per_req", 0.80),
+    ("6 small keep-alive vs Caddy", "ka-small", "caddy", "cpu_us_per_req", None),
+    ("   HTTP/2 over TLS vs nginx", "h2-ka-small", "nginx", "cpu_us_per_req", 1.0),
+]
+
+
+def goals_table(results):
+    """lbd's ratio to the reference of each of issue 17's goals present in
+    `results` (medians of the interleaved runs), and whether it is met."""
+    by = {(r["scenario"].split(" ")[0], r["contender"]): r["median"] for r in results}
+    out = []
+    for label, scenario, ref, field, most in GOALS:
+        a, b = by.get((scenario, "lbd"), {}).get(field), by.get((scenario, ref), {}).get(field)
+        if not a or not b:
+            continue
+        ratio = a / b
+        verdict = "-" if most is None else "met" if ratio <= most else "not met"
+        goal = "" if most is None else f"≤ {most:.2f}"
+        out.append(f"{label:52s} {scenario:17s} {field:15s} {a:10.2f} {b:10.2f} {ratio:6.2f} {goal:>6s} {verdict}")
+    if not out:
+        return ""
+    head = (f"{'goal (issue 17)':52s} {'scenario':17s} {'field':15s} {'lbd':>10s} {'reference':>10s} "
+            f"{'ratio':>6s} {'goal':>6s} verdict")
+    return "\n".join(["", head, "-" * len(head)] + out)
+
+
 COLORS = {"direct": "#888888", "floor": "#2ca02c", "lbd": "#d62728", "nginx": "#1f77b4", "haproxy": "#ff7f0e",
-          "pingora": "#9467bd"}
+          "pingora": "#9467bd", "caddy": "#17becf"}
 
 
 def svg_plot(results, path):
@@ -1051,7 +1130,7 @@ def main():
                     help="TLS listeners (one ECDSA P-256 certificate for all; lbd, nginx, haproxy; plain origins): "
                          "tls-ka-* and tls-close-small (a full handshake per request: wrk resumes no session)")
     ap.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")],
-                    help="absolute oha rates (req/s), instead of 25/50/75%% of the weakest proxy's max")
+                    help="absolute oha rates (req/s), instead of 50/75%% of lbd's ka-small max")
     ap.add_argument("--sizes", help="body sizes, comma-separated (default small in --quick, else small,1k,64k)")
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     ap.add_argument("--render", metavar="JSON", help="only print the table and redraw the SVG of a results file")
@@ -1064,6 +1143,8 @@ def main():
         print(table(doc["results"]))
         if own_table(doc["results"]):
             print(own_table(doc["results"]))
+        if goals_table(doc["results"]):
+            print(goals_table(doc["results"]))
         for n in doc.get("notes", []):
             print("note:", n)
         svg_plot(doc["results"], os.path.splitext(a.render)[0] + ".svg")
@@ -1072,7 +1153,7 @@ def main():
     if a.contenders:
         a.contenders = a.contenders.split(",")
     elif a.tls:
-        a.contenders = ["lbd", "nginx", "haproxy"]
+        a.contenders = ["lbd", "nginx", "haproxy", "caddy"]
     else:
         a.contenders = list(CONTENDERS)
         if pingora_built and not a.quick:
@@ -1086,6 +1167,9 @@ def main():
     unknown = [c for c in a.contenders if c != "direct" and c not in PROXY_PORT]
     if unknown:
         ap.error(f"unknown contender(s) {','.join(unknown)}; known: direct,{','.join(PROXY_PORT)}")
+    if "caddy" in a.contenders and not shutil.which("caddy"):
+        a.contenders.remove("caddy")
+        log("caddy not installed, so not a contender (Debian: apt-get install caddy)")
     skipped = []
     if "pingora" in a.contenders and not pingora_built:
         a.contenders.remove("pingora")
@@ -1109,6 +1193,9 @@ def main():
     own = own_table(b.results)
     if own:
         print(own)
+    goals = goals_table(b.results)
+    if goals:
+        print(goals)
     print("load CPU % = busy time of the generator+origin CPU; noise % = busy time on the proxy CPU not used by\n"
           "the proxy (other work on the box; above ~10% the row is disturbed). ×floor = CPU/request over floor's in\n"
           "the same scenario (none for close-small: floor opens a backend connection per client, so it is no floor there).\n"
@@ -1129,7 +1216,8 @@ def main():
     svg = os.path.join(a.out, f"latency-{mode}.svg" if a.tls else "latency-quick.svg" if a.quick else "latency.svg")
     svg_plot(b.results, svg)
     with open(os.path.join(a.out, f"latest-{mode}.txt" if a.tls else "latest-quick.txt" if a.quick else "latest.txt"), "w") as f:
-        f.write(t + "\n" + (own + "\n" if own else "") + "".join(f"note: {n}\n" for n in b.notes))
+        f.write(t + "\n" + (own + "\n" if own else "") + (goals + "\n" if goals else "")
+                + "".join(f"note: {n}\n" for n in b.notes))
     log(f"done in {time.time() - t0:.0f}s; wrote {a.out}/{stamp}-{mode}.json and {svg}")
     shutil.rmtree(b.work, ignore_errors=True)
 

@@ -33,7 +33,7 @@
 #                  built, a full run includes it without --pingora.
 #   other options go to bench.py (--runs, --duration, --idle, --origin, ...)
 #
-# Fresh Debian box: installs wrk, nginx-light, haproxy with apt when missing;
+# Fresh Debian box: installs wrk, nginx-light, haproxy, caddy with apt when missing;
 # oha (fixed-rate latency scenarios) is built with `cargo install oha --locked`
 # into bench/.tools only when missing and not in --quick mode or CI: it takes
 # about 9 minutes. --quick without oha skips the fixed-rate scenarios.
@@ -58,7 +58,7 @@ while (($#)); do
     shift
 done
 
-tools=(wrk nginx haproxy taskset)
+tools=(wrk nginx haproxy caddy taskset)
 ((churn)) && tools=(wrk taskset)
 ((h2)) && tools+=(h2load openssl)
 missing=()
@@ -73,7 +73,7 @@ if ((${#missing[@]})); then
     "${sudo_[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
     # The Debian packages start system services on :80; the bench needs none.
-    "${sudo_[@]}" systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
+    "${sudo_[@]}" systemctl disable --now nginx haproxy caddy >/dev/null 2>&1 || true
 fi
 
 if ((churn)); then
