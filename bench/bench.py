@@ -327,7 +327,7 @@ def nginx_proxy_conf(work, cpu_mask, port, backends, tls=None, h2=False):
     ups = "".join(f"        server 127.0.0.1:{b};\n" for b in backends)
     # TLS as nginx's documentation recommends for a busy server: a shared
     # session cache and tickets (both on), the same ECDSA P-256 certificate.
-    ssl = "" if not tls else f"""ssl{' http2' if h2 else ''};
+    ssl = ";" if not tls else f"""ssl{' http2' if h2 else ''};
         ssl_certificate {tls['cert']};
         ssl_certificate_key {tls['key']};
         ssl_session_cache shared:SSL:10m;

@@ -15,6 +15,9 @@
 #   lbd's; it never exits on a signal, so it is counted between two
 #   callgrind_control marks, zeroed after N/10 requests and dumped after N
 #   more).
+#   TOP=N also prints lbd's N most expensive functions (self cost, share of
+#   all instructions of the larger run, start-up included) from
+#   callgrind_annotate.
 #   Extra configs: CONF=path (a conf.yaml with listener 127.0.0.1:18180 and
 #   backend 127.0.0.1:18181) measures another setup (balance, routes).
 set -euo pipefail
@@ -71,6 +74,7 @@ run() { # bin requests -> instruction count
     python3 "$work/client.py" "$2"
     kill -INT $vp; wait $vp || true
     callgrind_annotate "$out" > "$out.txt" 2>/dev/null || true
+    [ "$2" = "$N" ] && cp "$out.txt" "$work/top.txt"
     awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' "$out.txt"
 }
 floor_count() { # requests -> instructions for that many after a warm-up
@@ -97,4 +101,9 @@ for b in "${bins[@]}"; do
     large=$(run "$b" "$N")
     per=$(( (large - small) * 10 / (9 * N) ))
     echo "RESULT bin=$b conf=$(basename "$conf") requests=$N instructions_per_request=$per"
+    if [ -n "${TOP:-}" ]; then
+        echo "top $TOP functions of $b (self instructions, share):"
+        awk '/file:function/ {on = 1; next} on && /%\)/' "$work/top.txt" | head -n "$TOP" \
+            | sed -E 's/ +\[[^]]*\]$//; s/^ +//'
+    fi
 done

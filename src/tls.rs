@@ -57,6 +57,9 @@ pub enum TlsError {
 }
 
 fn provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc"))]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
