@@ -101,8 +101,10 @@ class Result:
             self.raw = self.raw[9 + n :]
 
 
-def pump(s, c, r, until, limit=10.0):
-    """Reads and handles events until `until(r)` or the connection ends."""
+def reads(s, r, until, limit):
+    """Yields what the server sends (scanned into `r` first) until
+    `until(r)`, `limit` seconds, or the end of the connection (which sets
+    `r.closed`)."""
     end = time.time() + limit
     s.settimeout(0.5)
     while not until(r) and time.time() < end:
@@ -110,13 +112,18 @@ def pump(s, c, r, until, limit=10.0):
             data = s.recv(65536)
         except socket.timeout:
             continue
-        except (ConnectionResetError, BrokenPipeError):
-            r.closed = True
-            return
+        except OSError:
+            data = b""
         if not data:
             r.closed = True
             return
         r.scan(data)
+        yield data
+
+
+def pump(s, c, r, until, limit=10.0):
+    """Reads and handles events until `until(r)` or the connection ends."""
+    for data in reads(s, r, until, limit):
         if r.h2_failed:
             continue
         try:
@@ -173,20 +180,8 @@ def flood(s, r, data):
 
     t = threading.Thread(target=write, daemon=True)
     t.start()
-    end = time.time() + 15
-    s.settimeout(0.5)
-    while r.goaway == "none" and time.time() < end:
-        try:
-            got = s.recv(65536)
-        except socket.timeout:
-            continue
-        except OSError:
-            r.closed = True
-            break
-        if not got:
-            r.closed = True
-            break
-        r.scan(got)
+    for _ in reads(s, r, lambda r: r.goaway != "none", 15):
+        pass
 
 
 def report(r):
@@ -256,21 +251,13 @@ def main():
     elif mode == "pings-with-data":
         n, size = int(args[0]), int(args[1])
         for i in range(n):
+            if r.closed:
+                break
             sid = 1 + 2 * i
             c.send_headers(sid, headers(port, f"/big?size={size}"), end_stream=True)
             s.sendall(c.data_to_send())
             r.ended = False
-            end = time.time() + 10
-            s.settimeout(0.5)
-            while not r.ended and r.goaway == "none" and not r.closed and time.time() < end:
-                try:
-                    data = s.recv(65536)
-                except socket.timeout:
-                    continue
-                if not data:
-                    r.closed = True
-                    break
-                r.scan(data)
+            for data in reads(s, r, lambda r: r.ended or r.goaway != "none", 10):
                 for e in c.receive_data(data):
                     if isinstance(e, h2.events.DataReceived):
                         r.body += len(e.data)
@@ -328,17 +315,8 @@ def main():
         c.send_headers(1, headers(port, args[0]), end_stream=True)
         s.sendall(c.data_to_send())
         # Read without ever acknowledging data (no WINDOW_UPDATE).
-        end = time.time() + 15
-        s.settimeout(0.5)
-        while r.reset == "none" and not r.closed and time.time() < end:
-            try:
-                data = s.recv(65536)
-            except socket.timeout:
-                continue
-            if not data:
-                r.closed = True
-                break
-            r.scan(data)
+        for _ in reads(s, r, lambda r: r.reset != "none", 15):
+            pass
     elif mode == "empty-data":
         n = int(args[0])
         c.send_headers(1, headers(port, "/echo", method="POST"), end_stream=False)
