@@ -22,7 +22,8 @@
 //!   error responses), request ids, and HTTP/2 connections
 //!   ([`downstream::h2`]: h2c prior knowledge and ALPN `h2`, each stream one
 //!   exchange through [`proxy`]; [`downstream::poll_io`]: the connection as
-//!   the `h2` crate's tokio I/O over monoio's poll-io).
+//!   the `h2` crate's tokio I/O over monoio's poll-io; [`downstream::h2_flood`]:
+//!   the sans-I/O meter of control and empty frames).
 //! * [`route`]: which upstream group a request goes to.
 //! * [`proxy`]: one exchange, protocol-neutral: request to a backend,
 //!   response back; retries; pooling after an exact end.

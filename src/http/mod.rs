@@ -76,6 +76,12 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
         .any(|tok| tok.eq_ignore_ascii_case(name))
 }
 
+/// Whether header `name` of `headers` goes on to the next hop: neither
+/// hop-by-hop nor named by one of their `Connection` fields.
+fn end_to_end(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    !is_hop_by_hop(name) && !named_by_connection(headers, name)
+}
+
 /// Strict `Content-Length` value: 1 to 19 ASCII digits, nothing else.
 fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 
 use super::request::RequestView;
 use super::response::ResponseView;
-use super::{is_hop_by_hop, named_by_connection, push_header, push_u64, trim_ows, Framing};
+use super::{
+    end_to_end, is_hop_by_hop, named_by_connection, push_header, push_u64, trim_ows, Framing,
+};
 
 /// A header lbd adds: name and value.
 pub type Header = (Vec<u8>, Vec<u8>);
@@ -379,7 +381,7 @@ pub fn write_client_head(
             write_status_line(out, h.status, resp.reason);
             for hd in resp.headers {
                 let name = hd.name.as_bytes();
-                if !is_hop_by_hop(name) && !named_by_connection(resp.headers, name) {
+                if end_to_end(resp.headers, name) {
                     push_header(out, name, hd.value);
                 }
             }
@@ -398,8 +400,7 @@ pub fn write_client_head(
     write_status_line(out, h.status, resp.reason);
     for hd in resp.headers {
         let name = hd.name.as_bytes();
-        if is_hop_by_hop(name)
-            || named_by_connection(resp.headers, name)
+        if !end_to_end(resp.headers, name)
             // The backend's echo of the request id: lbd writes its own.
             || extras
                 .request_id
@@ -442,7 +443,7 @@ fn write_switch_head(
     write_status_line(out, resp.head.status, resp.reason);
     for hd in resp.headers {
         let name = hd.name.as_bytes();
-        if is_hop_by_hop(name) || named_by_connection(resp.headers, name) {
+        if !end_to_end(resp.headers, name) {
             continue;
         }
         push_header(out, name, hd.value);
