@@ -18,6 +18,8 @@
 #   TOP=N also prints lbd's N most expensive functions (self cost, share of
 #   all instructions of the larger run, start-up included) from
 #   callgrind_annotate.
+#   KEEP=path keeps the larger run's callgrind output there (for
+#   callgrind_annotate --tree=caller, kcachegrind).
 #   Extra configs: CONF=path (a conf.yaml with listener 127.0.0.1:18180 and
 #   backend 127.0.0.1:18181) measures another setup (balance, routes).
 set -euo pipefail
@@ -75,6 +77,7 @@ run() { # bin requests -> instruction count
     kill -INT $vp; wait $vp || true
     callgrind_annotate "$out" > "$out.txt" 2>/dev/null || true
     [ "$2" = "$N" ] && cp "$out.txt" "$work/top.txt"
+    [ "$2" = "$N" ] && [ -n "${KEEP:-}" ] && cp "$out" "$KEEP"
     awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' "$out.txt"
 }
 floor_count() { # requests -> instructions for that many after a warm-up

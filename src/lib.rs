@@ -43,6 +43,8 @@
 //!   by lbd over TCP.
 //! * [`buffer`]: the per-worker I/O buffer free list.
 //! * [`idle`]: coarse per-worker deadlines for idle connections.
+//! * [`deadline`]: the same coarse deadlines for a worker's socket reads and
+//!   writes (no timer per operation).
 //! * [`park`]: idle keep-alive connections parked without a task (epoll set).
 //! * [`error`]: proxy errors: who failed, whether a retry is safe, status mapping.
 //! * [`health`]: the checker thread and the shared health bitmap.
@@ -73,6 +75,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod ctl;
 pub(crate) mod daemon;
+pub(crate) mod deadline;
 pub(crate) mod discovery;
 pub(crate) mod downstream;
 pub(crate) mod error;

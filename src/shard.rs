@@ -117,6 +117,11 @@ pub(crate) struct Shard {
     pub(crate) tunnels: Cell<usize>,
     /// Deadlines of idle client connections.
     pub(crate) idle: IdleTimers,
+    /// Deadlines of socket reads and writes (this thread's [`deadline`]
+    /// table).
+    ///
+    /// [`deadline`]: crate::deadline
+    pub(crate) io_deadlines: &'static IdleTimers,
     /// Idle keep-alive connections parked without a task.
     pub(crate) lot: ParkingLot,
     /// The time as of the last housekeeping tick (at most 50 ms old), for
@@ -174,6 +179,7 @@ impl Shard {
             active: Cell::new(0),
             tunnels: Cell::new(0),
             idle: IdleTimers::default(),
+            io_deadlines: crate::deadline::install(),
             lot: ParkingLot::new(),
             clock: Cell::new(Instant::now()),
             metrics: links.metrics,

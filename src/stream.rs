@@ -22,11 +22,12 @@ use std::time::Duration;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio::time::{timeout, timeout_at, Instant};
+use monoio::time::Instant;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use crate::buffer::{self, InBuf};
+use crate::deadline;
 
 /// A second view of an upstream socket, for readiness only: while a request
 /// body is being sent, it tells lbd that the backend began to answer (an
@@ -73,7 +74,8 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Reads from `tcp` into `b`'s spare capacity before `deadline`.
+/// Reads from `tcp` into `b`'s spare capacity before `deadline` (a coarse
+/// one: see [`deadline`]).
 pub(crate) async fn tcp_fill(
     tcp: &mut TcpStream,
     b: &mut InBuf,
@@ -86,18 +88,20 @@ pub(crate) async fn tcp_fill(
     let v = std::mem::take(&mut b.v);
     let len = v.len();
     let cap = v.capacity();
-    match timeout_at(deadline, tcp.read(v.slice_mut(len..cap))).await {
-        Ok((res, slice)) => {
+    let read = std::pin::pin!(tcp.read(v.slice_mut(len..cap)));
+    match deadline::within(deadline.into_std(), read).await {
+        Some((res, slice)) => {
             b.v = slice.into_inner();
             res
         }
         // The buffer stays with the cancelled operation; callers close the
         // connection after a timeout.
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        None => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
-/// Writes `buf[start..end]` to `tcp` within `limit`.
+/// Writes `buf[start..end]` to `tcp` within `limit` (coarse: see
+/// [`deadline`]).
 async fn tcp_write(
     tcp: &mut TcpStream,
     buf: Vec<u8>,
@@ -108,9 +112,11 @@ async fn tcp_write(
     if start >= end {
         return (Ok(()), buf);
     }
-    match timeout(limit, tcp.write_all(buf.slice(start..end))).await {
-        Ok((res, slice)) => (res.map(|_| ()), slice.into_inner()),
-        Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+    let deadline = std::time::Instant::now() + limit;
+    let write = std::pin::pin!(tcp.write_all(buf.slice(start..end)));
+    match deadline::within(deadline, write).await {
+        Some((res, slice)) => (res.map(|_| ()), slice.into_inner()),
+        None => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
     }
 }
 
@@ -395,11 +401,12 @@ impl Stream {
         }
         match self {
             Stream::Plain(tcp) => {
-                let write = timeout(limit, tcp.write_all(buf.slice(start..end)));
+                let deadline = std::time::Instant::now() + limit;
+                let write = std::pin::pin!(tcp.write_all(buf.slice(start..end)));
                 monoio::select! {
-                    r = write => match r {
-                        Ok((res, slice)) => (res.map(|_| Watched::Written), slice.into_inner()),
-                        Err(_) => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
+                    r = deadline::within(deadline, write) => match r {
+                        Some((res, slice)) => (res.map(|_| Watched::Written), slice.into_inner()),
+                        None => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
                     },
                     _ = watch.fd.readable(false) => (Ok(Watched::Spoke), Vec::new()),
                 }

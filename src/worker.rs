@@ -217,19 +217,27 @@ async fn serve(
             sweeper.upstreams.borrow_mut().sweep_idle();
         }
     });
-    // Fire idle-connection deadlines, close expired parked connections.
+    // Fire idle-connection and socket-operation deadlines, close expired
+    // parked connections.
     let reaper = ctx.clone();
     monoio::spawn(async move {
         let l = &reaper.config.limits;
+        // Socket operations' deadlines are swept here too: the period
+        // follows the shortest timeout of either kind.
         let period = crate::idle::sweep_period(
             l.keepalive_timeout
                 .min(l.header_timeout)
-                .min(crate::park::PARK_AFTER),
+                .min(crate::park::PARK_AFTER)
+                .min(l.body_timeout)
+                .min(l.upstream_response_timeout)
+                .min(l.upstream_body_timeout)
+                .min(l.client_write_timeout),
         );
         loop {
             monoio::time::sleep(period).await;
             let now = std::time::Instant::now();
             reaper.idle.sweep(now);
+            reaper.io_deadlines.sweep(now);
             reaper.sweep_parked(now);
         }
     });

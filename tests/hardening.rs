@@ -840,6 +840,47 @@ fn origin_that_never_answers_gives_504_after_response_timeout() {
     c.assert_closed("after 504");
 }
 
+/// A backend that stops reading a large request body: lbd's upstream
+/// write stalls and gives up after upstream_body_timeout_ms, answering
+/// the client instead of hanging with it.
+#[test]
+fn origin_that_stops_reading_the_body_is_given_up_after_the_body_timeout() {
+    let origin = FaultOrigin::start(vec![vec![Step::Sleep(Duration::from_secs(30))]]);
+    let lbd = LbdConf::front(&[origin.port])
+        .limits(&[("upstream_body_timeout_ms", 300)])
+        .start();
+    let size: usize = 256 << 20;
+    let mut s = TcpStream::connect(("127.0.0.1", lbd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let t0 = Instant::now();
+    let writer = thread::spawn(move || {
+        let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n");
+        let chunk = vec![b'x'; 1 << 16];
+        if w.write_all(head.as_bytes()).is_err() {
+            return 0;
+        }
+        let mut sent = 0;
+        while sent < size && w.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let r = read_response(&mut BufReader::new(&mut s), false);
+    let took = t0.elapsed();
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let sent = writer.join().unwrap();
+    assert!(sent < size, "the stalled backend took the whole body");
+    match r {
+        Ok(r) => assert!(matches!(r.status, 502 | 504), "{r:?}"),
+        Err(e) => assert!(
+            took < Duration::from_secs(8),
+            "no answer, then {e} after {took:?}"
+        ),
+    }
+    assert!(took < Duration::from_secs(8), "gave up only after {took:?}");
+}
+
 #[test]
 fn origin_trickling_response_head_does_not_extend_the_timeout() {
     let mut script = vec![Step::ReadRequest];

@@ -27,6 +27,7 @@ use super::request_id::{self, RequestId};
 use super::{End, DRAIN_IDLE_WINDOW};
 use crate::buffer::{self, InBuf};
 use crate::config::HeaderPair;
+use crate::deadline;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::body::Body;
 use crate::http::request::{
@@ -748,12 +749,17 @@ impl H1Exchange<'_> {
         deadline: Instant,
     ) -> Result<bool, ProxyError> {
         loop {
-            let woke = monoio::select! {
-                r = self.client.readable() => (Side::Downstream, r),
-                r = w.readable() => (Side::Upstream, r),
-                _ = monoio::time::sleep_until(deadline) => {
-                    return Err(ProxyError::downstream(ErrorKind::ClientTimeout))
-                }
+            let woke = {
+                let either = std::pin::pin!(async {
+                    monoio::select! {
+                        r = self.client.readable() => (Side::Downstream, r),
+                        r = w.readable() => (Side::Upstream, r),
+                    }
+                });
+                deadline::within(deadline.into_std(), either).await
+            };
+            let Some(woke) = woke else {
+                return Err(ProxyError::downstream(ErrorKind::ClientTimeout));
             };
             match woke {
                 (Side::Downstream, Ok(())) => return Ok(false),
@@ -889,7 +895,9 @@ impl Downstream for H1Exchange<'_> {
         });
         buffer::give(std::mem::take(&mut self.cb.v));
         self.cb.pos = 0;
-        let carried = tunnel::relay(self.client, up, early, tl).await;
+        // Boxed: the relay's idle timer would otherwise grow (and align to
+        // 128 bytes) the state of every exchange, upgraded or not.
+        let carried = Box::pin(tunnel::relay(self.client, up, early, tl)).await;
         shard.tunnels.set(shard.tunnels.get() - 1);
         shard.metrics.tunnel_bytes_upstream.add(carried.upstream);
         shard

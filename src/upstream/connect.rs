@@ -130,7 +130,7 @@ pub(crate) async fn acquire<'u>(
         };
         let addr = ups.borrow().address(backend);
         log::debug!("upstream peer is {addr}");
-        match connect(ups, group, backend, aff.proxy).await {
+        match Box::pin(connect(ups, group, backend, aff.proxy)).await {
             Ok(stream) => return Ok(opened(ups, stream, backend, aff, lease)),
             Err(e) if e.side == Side::Internal => {
                 log::error!("cannot connect to upstream {addr}: {}", e.kind);
@@ -173,7 +173,7 @@ pub(crate) async fn reacquire<'u>(
     if reused {
         log::debug!("pooled connection to {addr} was closed; resending on a new one");
         attempts.count();
-        match connect(ups, group, backend, aff.proxy).await {
+        match Box::pin(connect(ups, group, backend, aff.proxy)).await {
             Ok(stream) => return Ok(opened(ups, stream, backend, aff, lease)),
             Err(e) => log::warn!("connect to upstream {addr} failed: {}", e.kind),
         }
@@ -238,7 +238,9 @@ fn opened<'u>(
     }
 }
 
-/// Opens a new connection to `backend`: TCP within the connect timeout, the
+/// Opens a new connection to `backend` (callers box the future: its monoio
+/// timers would otherwise make every exchange's state larger and
+/// 128-byte aligned): TCP within the connect timeout, the
 /// PROXY protocol header for `proxy` if the group sends one, then, for a
 /// TLS group, the handshake within what is left of it. Any failure here
 /// means no request byte was sent.
