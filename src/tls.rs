@@ -4,7 +4,9 @@
 //! Crypto provider: rustls's `ring` provider (no C toolchain beyond what ring
 //! needs, lighter to build than aws-lc-rs; `--features aws-lc` builds the
 //! other, which measured no cheaper, see tuning.md §13). TLS 1.2 and 1.3 with rustls's
-//! defaults (no CBC, no RSA key exchange, no renegotiation). Listeners
+//! defaults (no CBC, no RSA key exchange, no renegotiation); listeners pick
+//! the cipher suite in their own order, SHA-256 suites first
+//! ([`server_rank`]). Listeners
 //! advertise ALPN `h2, http/1.1` (`http/1.1` alone with `http2: false`)
 //! and pick a certificate by SNI, falling back to the default (the
 //! listener's own `cert_file`). Upstream connections verify
@@ -63,6 +65,32 @@ fn provider() -> Arc<CryptoProvider> {
     #[cfg(not(feature = "aws-lc"))]
     use rustls::crypto::ring::default_provider;
     Arc::new(default_provider())
+}
+
+/// The provider for listeners: its cipher suites in lbd's order, which
+/// listeners use instead of the client's ([`server_config`]).
+fn server_provider() -> Arc<CryptoProvider> {
+    let mut p = Arc::unwrap_or_clone(provider());
+    p.cipher_suites.sort_by_key(server_rank);
+    Arc::new(p)
+}
+
+/// Listeners prefer suites with SHA-256 (AES-128-GCM, then ChaCha20), then
+/// AES-256-GCM with SHA-384, as HAProxy does by default. OpenSSL clients
+/// list AES-256-GCM-SHA384 first, and SHA-384 (no CPU instructions for it,
+/// where SHA-256 has them) was 12% of a full handshake's CPU in a `perf`
+/// profile (tuning.md §13).
+fn server_rank(s: &rustls::SupportedCipherSuite) -> u8 {
+    use rustls::CipherSuite as C;
+    match s.suite() {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        C::TLS13_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => 1,
+        _ => 2,
+    }
 }
 
 fn file_err(key: &str, path: &Path, reason: impl fmt::Display) -> TlsError {
@@ -285,11 +313,12 @@ pub fn server_config(m: &TlsMaterial, http2: bool) -> Option<Arc<ServerConfig>> 
         default: default.clone(),
         by_name: by_name.clone(),
     };
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(server_provider())
         .with_safe_default_protocol_versions()
         .ok()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

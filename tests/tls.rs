@@ -640,3 +640,80 @@ fn a_closing_tls_connection_ends_with_close_notify() {
     assert!(read.is_ok(), "a clean TLS end expected: {read:?}");
     assert!(all.starts_with(b"HTTP/1.1 200"), "{all:?}");
 }
+
+/// The suite a client offering `suites` (in its order of preference)
+/// gets from `port`.
+fn negotiated(
+    port: u16,
+    ca: &Path,
+    suites: &[rustls::SupportedCipherSuite],
+) -> rustls::CipherSuite {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = suites.to_vec();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("lb.test").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut BufReader::new(&mut tls), false).unwrap();
+    assert_eq!(resp.status, 200);
+    tls.conn.negotiated_cipher_suite().unwrap().suite()
+}
+
+/// Listeners choose the suite in their own order, SHA-256 suites first
+/// (what OpenSSL clients list first, AES-256-GCM-SHA384, costs more per
+/// handshake), among those the client offers.
+#[test]
+fn listeners_prefer_sha256_suites_over_the_client_order() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let dir = unique_temp_dir("tls-suite");
+    let ca = Ca::new(&dir, "suite");
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let lbd = LbdConf::front(&[origin.port])
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let (port, ca) = (lbd.port, ca.ca_file());
+    let openssl_order = [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS13_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(port, &ca, &openssl_order),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    // A client without AES-128 keeps the ChaCha20 it offers.
+    assert_eq!(
+        negotiated(port, &ca, &openssl_order[..2]),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    // Only AES-256: still served.
+    assert_eq!(
+        negotiated(port, &ca, &openssl_order[..1]),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let tls12 = [
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(port, &ca, &tls12),
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+}
