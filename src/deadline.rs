@@ -2,14 +2,15 @@
 //!
 //! A monoio `Timeout` around every read and write puts a timer on the
 //! wheel and takes it off again (about 1.5% of lbd's CPU on small
-//! keep-alive requests, in a `perf` profile), and its 128-byte aligned timer
-//! entry made every exchange's state 1.9 KB larger, which is copied as the
-//! exchange moves between phases. An operation that times out is rare, and a read or
-//! write timeout that fires a little late does its job as well, so each
-//! operation instead takes a slot in a per-worker table like the idle
-//! connections' ([`IdleTimers`]). The worker's reaper sweeps it with the
-//! idle table, so a deadline fires at most one sweep period (a quarter of
-//! the shortest timeout, 10 to 62.5 ms) after it passed, never before.
+//! keep-alive requests, in a `perf` profile), and its 128-byte aligned
+//! timer entry made every exchange's state 1.9 KB larger, which is copied
+//! as the exchange moves between phases. An operation that times out is
+//! rare, and a read or write timeout that fires a little late does its job
+//! as well, so each operation instead takes a slot in a per-worker table
+//! like the idle connections' ([`IdleTimers`]). The worker's reaper sweeps
+//! it with the idle table, so a deadline fires at most one sweep period (a
+//! quarter of the shortest timeout, 10 to 62.5 ms) after it passed, never
+//! before.
 //!
 //! The table lives in a thread-local that [`install`] sets when a worker's
 //! state is built; socket operations run only on workers.

@@ -3,15 +3,15 @@
 //!
 //! Crypto provider: rustls's `ring` provider (no C toolchain beyond what ring
 //! needs, lighter to build than aws-lc-rs; `--features aws-lc` builds the
-//! other, which measured no cheaper, see tuning.md §13). TLS 1.2 and 1.3 with rustls's
-//! defaults (no CBC, no RSA key exchange, no renegotiation); listeners pick
-//! the cipher suite in their own order, SHA-256 suites first
-//! ([`server_rank`]). Listeners
-//! advertise ALPN `h2, http/1.1` (`http/1.1` alone with `http2: false`)
-//! and pick a certificate by SNI, falling back to the default (the
-//! listener's own `cert_file`). Upstream connections verify
-//! the backend certificate for the group's `sni` name against `ca_file` or the
-//! built-in webpki root set, send SNI, and resume sessions on reconnect.
+//! other, which measured no cheaper, see tuning.md §13). TLS 1.2 and 1.3
+//! with rustls's defaults (no CBC, no RSA key exchange, no renegotiation);
+//! listeners pick the cipher suite in their own order, SHA-256 suites first
+//! ([`server_rank`]). Listeners advertise ALPN `h2, http/1.1` (`http/1.1`
+//! alone with `http2: false`) and pick a certificate by SNI, falling back
+//! to the default (the listener's own `cert_file`). Upstream connections
+//! verify the backend certificate for the group's `sni` name against
+//! `ca_file` or the built-in webpki root set, send SNI, and resume sessions
+//! on reconnect.
 //!
 //! Every worker builds its *own* `ServerConfig`/`ClientConfig` from the
 //! shared [`TlsMaterial`], so session caches are per worker and no handshake

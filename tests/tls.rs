@@ -80,15 +80,39 @@ fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
     )
 }
 
-fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+/// The certificates of the CA file `ca`, as a client's trust roots.
+fn roots(ca: &Path) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
+    roots
+}
+
+/// lbd (as `conf` shapes it) with a TLS listener whose certificate names
+/// `lb.test`, in front of a plain origin: lbd, the CA file, the origin.
+fn tls_front(
+    tag: &str,
+    conf: impl FnOnce(LbdConf) -> LbdConf,
+) -> (support::Lbd, PathBuf, support::Origin) {
+    let ca = Ca::new(&unique_temp_dir(&format!("tls-{tag}")), tag);
+    let (cert, key) = ca.leaf("lb.test");
+    let origin = support::Origin::start("plain");
+    let lbd = conf(LbdConf::front(&[origin.port]))
+        .listener_extra(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    (lbd, ca.ca_file(), origin)
+}
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
@@ -549,28 +573,13 @@ fn tls_get_with(port: u16, cfg: &Arc<rustls::ClientConfig>) -> Option<rustls::Ha
 
 #[test]
 fn sessions_resume_on_any_worker_with_tickets() {
-    let dir = unique_temp_dir("tls-resume");
-    let ca = Ca::new(&dir, "resume");
-    let (cert, key) = ca.leaf("lb.test");
-    let origin = support::Origin::start("plain");
-    let lbd = LbdConf::front(&[origin.port])
-        .threads(2)
-        .listener_extra(&format!(
-            "tls:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ))
-        .start();
+    let (lbd, ca_file, _origin) = tls_front("resume", |c| c.threads(2));
     for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca.ca_file()).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
         let cfg = Arc::new(
             rustls::ClientConfig::builder_with_provider(provider())
                 .with_protocol_versions(&[versions])
                 .unwrap()
-                .with_root_certificates(roots)
+                .with_root_certificates(roots(&ca_file))
                 .with_no_client_auth(),
         );
         // SO_REUSEPORT spreads these connections over both workers (all on
@@ -614,19 +623,9 @@ fn session_tickets_can_be_turned_off_and_a_bad_value_names_the_key() {
 fn a_closing_tls_connection_ends_with_close_notify() {
     // Without close_notify, OpenSSL 3 clients report "unexpected eof" and
     // never resume the session; rustls reports UnexpectedEof on read.
-    let dir = unique_temp_dir("tls-close");
-    let ca = Ca::new(&dir, "close");
-    let (cert, key) = ca.leaf("lb.test");
-    let origin = support::Origin::start("plain");
-    let lbd = LbdConf::front(&[origin.port])
-        .listener_extra(&format!(
-            "tls:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ))
-        .start();
+    let (lbd, ca_file, _origin) = tls_front("close", |c| c);
     let conn = rustls::ClientConnection::new(
-        client_config(&ca.ca_file()),
+        client_config(&ca_file),
         ServerName::try_from("lb.test").unwrap(),
     )
     .unwrap();
@@ -650,14 +649,10 @@ fn negotiated(
 ) -> rustls::CipherSuite {
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites = suites.to_vec();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca))
         .with_no_client_auth();
     let name = ServerName::try_from("lb.test").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
@@ -677,18 +672,8 @@ fn negotiated(
 #[test]
 fn listeners_prefer_sha256_suites_over_the_client_order() {
     use rustls::crypto::ring::cipher_suite as cs;
-    let dir = unique_temp_dir("tls-suite");
-    let ca = Ca::new(&dir, "suite");
-    let (cert, key) = ca.leaf("lb.test");
-    let origin = support::Origin::start("plain");
-    let lbd = LbdConf::front(&[origin.port])
-        .listener_extra(&format!(
-            "tls:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ))
-        .start();
-    let (port, ca) = (lbd.port, ca.ca_file());
+    let (lbd, ca, _origin) = tls_front("suite", |c| c);
+    let port = lbd.port;
     let openssl_order = [
         cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_CHACHA20_POLY1305_SHA256,
